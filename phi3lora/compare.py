@@ -1,0 +1,75 @@
+"""Base and adapted answers side by side, from one copy of the base weights.
+
+Adapters attach to the base by name; peft's mixed adapter batches (`adapter_names=[...]`, with "__base__" for
+the plain base) then compute every column in one `generate` call.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+
+from .errors import UserError
+from .config import JobConfig, ModelSettings
+from .modeling import choose_base_model, load_base_model, load_tokenizer, stop_token_ids
+
+BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+class AdapterError(UserError, ValueError):
+    """An adapter folder is missing or incomplete; the message names the folder and the missing file."""
+
+
+def adapter_settings(adapter_dir: str | Path) -> tuple[str | None, ModelSettings]:
+    """The base model an adapter was trained on and how it was loaded, from its run folder or its adapter_config."""
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise AdapterError(f"{adapter_dir} is not an adapter folder: adapter_config.json is missing")
+    run_config = adapter_dir / "config.yaml"
+    if run_config.is_file():
+        settings = JobConfig.from_yaml(run_config).model
+        return settings.base_model, settings
+    base = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    return base, ModelSettings()
+
+
+def load_with_adapters(base_model: str | None, adapters: dict[str, str | Path], settings: ModelSettings | None = None):
+    """One base model in memory with each adapter attached under its name. Returns (model, tokenizer)."""
+    settings = settings or ModelSettings()
+    name_or_path = choose_base_model(base_model).name_or_path
+    tokenizer = load_tokenizer(name_or_path, settings.trust_remote_code)
+    tokenizer.padding_side = "left"  # generation continues from the right edge of every row
+    model = load_base_model(settings, name_or_path)
+    for index, (name, path) in enumerate(adapters.items()):
+        if index == 0:
+            model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+        else:
+            model.load_adapter(str(path), adapter_name=name)
+    model.eval()
+    return model, tokenizer
+
+
+@torch.inference_mode()
+def generate_columns(model, tokenizer, messages: list[dict], columns: list[str], max_new_tokens: int = 128) -> list[str]:
+    """Greedy answers to the same conversation, one per column (an adapter name or BASE), in one batch."""
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = tokenizer([prompt] * len(columns), return_tensors="pt", add_special_tokens=False).to(model.device)
+    extra = {"adapter_names": columns} if isinstance(model, PeftModel) else {}
+    output = model.generate(
+        **inputs, **extra, max_new_tokens=max_new_tokens, do_sample=False,
+        eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id,
+    )
+    new_tokens = output[:, inputs["input_ids"].shape[1]:]
+    return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def compare(adapter_dir: str | Path, prompt: str, base_model: str | None = None, max_new_tokens: int = 128,
+            system: str | None = None) -> dict[str, str]:
+    """{"base": ..., "adapted": ...}: greedy answers of the base and of base + adapter to one prompt."""
+    trained_on, settings = adapter_settings(adapter_dir)
+    model, tokenizer = load_with_adapters(base_model or trained_on, {"adapted": adapter_dir}, settings)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    base, adapted = generate_columns(model, tokenizer, messages, [BASE, "adapted"], max_new_tokens)
+    return {"base": base, "adapted": adapted}

@@ -1,0 +1,129 @@
+"""Load a Phi-3 base model and its tokenizer (dtype, attention, 4-bit), and attach LoRA adapters to it.
+
+Which base: a hub id, a local folder, or `demo` (the tiny Phi-3 shipped in `phi3lora/demo_model`).
+Weights load from safetensors only, and no code from a model repository runs unless asked for.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from .errors import UserError
+from .config import ModelSettings
+
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
+DEFAULT_GPU_MODEL = "microsoft/Phi-3-mini-4k-instruct"
+END_OF_TURN = "<|end|>"  # Phi-3 closes every turn with it; generation must stop there, not only at <|endoftext|>
+
+# A 5M-parameter model learns slowly at Phi-3-mini's settings; these apply to the demo model unless the user set them.
+DEMO_TRAINING_DEFAULTS = {
+    "learning_rate": 5e-3,
+    "num_train_epochs": 10.0,
+    "per_device_train_batch_size": 8,
+    "max_length": 512,
+    "gradient_checkpointing": False,  # nothing to save on a model this small, only time to lose
+}
+
+
+class ModelLoadError(UserError, RuntimeError):
+    """The base model or tokenizer could not be loaded; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class BaseModelChoice:
+    name_or_path: str
+    is_demo: bool
+    why: str  # one line for the user: which model and why this one
+
+    def __str__(self) -> str:
+        return f"{self.name_or_path} ({self.why})"
+
+
+def choose_base_model(requested: str | None) -> BaseModelChoice:
+    """`demo` or empty on a machine without GPU -> the demo model; else the name given, $PHI3LORA_BASE_MODEL, or Phi-3-mini."""
+    if requested:
+        if requested == "demo":
+            return BaseModelChoice(str(DEMO_MODEL_DIR), True, "the embedded demo model, as asked")
+        return BaseModelChoice(requested, _same_folder(requested, DEMO_MODEL_DIR), "as asked")
+    from_env = os.environ.get("PHI3LORA_BASE_MODEL")
+    if from_env:
+        return choose_base_model(from_env) if from_env == "demo" else BaseModelChoice(from_env, False, "from $PHI3LORA_BASE_MODEL")
+    if torch.cuda.is_available():
+        return BaseModelChoice(DEFAULT_GPU_MODEL, False, "default on a CUDA GPU")
+    return BaseModelChoice(str(DEMO_MODEL_DIR), True, "the embedded demo model: no CUDA GPU here")
+
+
+def _same_folder(path: str, folder: Path) -> bool:
+    try:
+        return Path(path).resolve() == folder
+    except OSError:
+        return False
+
+
+def resolve_dtype(setting: str) -> torch.dtype:
+    if setting != "auto":
+        return getattr(torch, setting)
+    if not torch.cuda.is_available():
+        return torch.float32  # bf16 on CPUs without native support is ~35x slower than fp32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot load the tokenizer of {name_or_path!r}: {_first_line(error)}") from None
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        # Phi-3 pads with its eos. Padding is masked out of the loss, so the model would never learn to stop:
+        # pad with unk instead, as the Phi-3 model card's sample_finetune.py does.
+        tokenizer.pad_token = tokenizer.unk_token
+    return tokenizer
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    ids = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_TURN)]
+    return [i for i in dict.fromkeys(ids) if i is not None and i != tokenizer.unk_token_id]
+
+
+def load_base_model(settings: ModelSettings, name_or_path: str) -> PreTrainedModel:
+    dtype = resolve_dtype(settings.dtype)
+    if settings.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ModelLoadError("attention 'flash_attention_2' needs the flash-attn package: install it, or choose 'sdpa'")
+    quantization = None
+    if settings.load_in_4bit:
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path,
+            dtype=dtype,
+            attn_implementation=settings.attn_implementation,
+            quantization_config=quantization,
+            use_safetensors=True,  # never unpickle weights
+            trust_remote_code=settings.trust_remote_code,
+            device_map=_device_map(),
+        )
+    except (OSError, ValueError, ImportError) as error:
+        raise ModelLoadError(f"cannot load base model {name_or_path!r}: {_first_line(error)}") from None
+    return model
+
+
+def _device_map() -> dict[str, int] | None:
+    # One process per GPU under accelerate/torchrun; LOCAL_RANK says which one is ours.
+    if torch.cuda.is_available():
+        return {"": int(os.environ.get("LOCAL_RANK", 0))}
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

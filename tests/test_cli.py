@@ -1,0 +1,82 @@
+"""The command line as a user meets it: real processes, exit codes, messages, no tracebacks."""
+import json
+
+import pytest
+
+from conftest import run_cli
+from phi3lora.cli import main
+
+
+@pytest.mark.parametrize(
+    "name, fmt, records",
+    [("identity.json", "alpaca", 91), ("alpaca_en_demo.json", "alpaca", 999), ("glaive_toolcall_en_demo.json", "sharegpt", 300)],
+)
+def test_validate_real_datasets(datasets_dir, name, fmt, records):
+    done = run_cli("validate", datasets_dir / name, "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["format"], report["records"], report["conversations"]) == (fmt, records, records)
+    assert report["errors"] == [] and report["ok"] is True
+    assert report["tokens"]["count"] == records and report["tokens"]["max"] >= report["tokens"]["median"] > 0
+
+
+def test_validate_prints_a_readable_report(datasets_dir):
+    done = run_cli("validate", datasets_dir / "glaive_toolcall_en_demo.json", "--max-length", "256")
+    assert done.returncode == 0
+    assert "format:        sharegpt" in done.stdout and "conversations: 300 usable" in done.stdout
+    assert "over max length 256: records" in done.stdout
+
+
+BAD_FILES = {
+    "broken_line.jsonl": (b'{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n', 2, "line 2"),
+    "empty.json": (b"", None, "empty"),
+    "binary.json": (bytes(range(256)) * 4, None, "text"),
+    "latin1.jsonl": ('{"instruction": "caf\u00e9", "output": "ok"}\n'.encode("latin-1"), None, "UTF-8"),
+    "columns.json": (json.dumps([{"question": "q", "answer": "a"}]).encode(), None, "'question'"),
+    "roles.jsonl": (
+        b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+        b'{"messages": [{"role": "assistant", "content": "first"}, {"role": "user", "content": "then"}]}\n',
+        2, "turn 1",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_validate_refuses_bad_files_without_traceback(tmp_path, name):
+    content, record, fragment = BAD_FILES[name]
+    path = tmp_path / name
+    path.write_bytes(content)
+    done = run_cli("validate", path, "--json")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr + done.stdout
+    report = json.loads(done.stdout)
+    assert report["ok"] is False and report["errors"]
+    assert any(e["record"] == record and fragment in e["message"] for e in report["errors"]), report["errors"]
+
+
+def test_train_refuses_bad_input_plainly(tmp_path, datasets_dir, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "", "output": ""}\n')
+    cases = [
+        (["train", "--output", str(tmp_path / "o")], "no dataset"),
+        (["train", "--data", str(bad), "--output", str(tmp_path / "o"), "--model", "demo"], "--drop-invalid"),
+        (["train", "--data", str(datasets_dir / "identity.json"), "--output", str(tmp_path / "o"), "--set", "r=0"],
+         "peft_config.r: Input should be greater than or equal to 1"),
+        (["train", "--data", str(datasets_dir / "identity.json"), "--output", str(tmp_path / "o"), "--model", str(tmp_path)],
+         "cannot load"),
+        (["compare", "--adapter", str(tmp_path), "--prompt", "hi"], "adapter_config.json is missing"),
+    ]
+    for argv, fragment in cases:
+        assert main(argv) == 1, argv
+        assert fragment in capsys.readouterr().err, argv
+
+
+def test_train_with_drop_invalid_skips_bad_records(tmp_path):
+    data = tmp_path / "mixed.jsonl"
+    good = [{"instruction": f"Say {i}", "output": f"{i}"} for i in range(6)]
+    lines = [json.dumps(r) for r in good[:3]] + ['{"instruction": "x"}'] + [json.dumps(r) for r in good[3:]]
+    data.write_text("\n".join(lines) + "\n")
+    done = run_cli("train", "--data", data, "--output", tmp_path / "run", "--drop-invalid", "--model", "demo",
+                   "--set", "max_steps=1", "--set", "eval_size=0")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "6 train / 0 eval" in done.stdout and "1 invalid records dropped" in done.stdout
