@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+
+from .errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    from .errors import UserError
-
     try:
         return args.run(args)
     except UserError as error:
@@ -38,15 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(run=_validate)
 
     train = commands.add_parser("train", help="fine-tune in the foreground and write the adapter to --output")
-    train.add_argument("--data", help="dataset file (.jsonl, .json, .csv, .parquet)")
     train.add_argument("--output", required=True, help="run folder: adapter, checkpoints, config.yaml, metrics.jsonl")
-    train.add_argument("--method", choices=["lora", "qlora"], help="qlora loads the base in 4-bit NF4")
-    train.add_argument("--model", help="base model: hub id, local folder or 'demo'")
-    train.add_argument("--config", help="YAML job file (e.g. config.yaml of an earlier run)")
-    train.add_argument("--format", help="dataset format (default: detect)")
-    train.add_argument("--drop-invalid", action="store_true", help="skip invalid records instead of refusing the dataset")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="any setting, e.g. --set learning_rate=2e-4 --set peft_config.r=8 (see config.yaml)")
+    _add_job_options(train)
+    train.add_argument("--resume", action="store_true", help="continue from the newest whole checkpoint in --output")
+    train.add_argument("--attempt-dir", help=argparse.SUPPRESS)  # set by the run supervisor (jobs.py)
     train.set_defaults(run=_train)
 
     compare = commands.add_parser("compare", help="greedy answers of the base and the adapted model to one prompt")
@@ -57,7 +53,63 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--max-new-tokens", type=int, default=128)
     compare.add_argument("--json", action="store_true", help='print {"base": ..., "adapted": ...}')
     compare.set_defaults(run=_compare)
+
+    runs = commands.add_parser("runs", help="background training runs: start, list, show, cancel, resume, wait, delete")
+    actions = runs.add_subparsers(dest="action", required=True)
+    start = actions.add_parser("start", help="queue a training run in the background; prints its id")
+    _add_job_options(start)
+    for name, helptext in [("list", "all runs, newest first"), ("show", "status, progress and latest metrics of a run"),
+                           ("cancel", "stop a run at its next step, keeping the adapter as it stands"),
+                           ("resume", "continue a failed, cancelled or interrupted run from its newest whole checkpoint"),
+                           ("wait", "wait until a run has finished; exit 0 when it completed"),
+                           ("delete", "delete a finished run and its files")]:
+        action = actions.add_parser(name, help=helptext)
+        if name != "list":
+            action.add_argument("run_id")
+        if name == "wait":
+            action.add_argument("--timeout", type=float, help="give up after this many seconds")
+        actions.choices[name].set_defaults(run=_runs)
+    for action in actions.choices.values():
+        action.add_argument("--json", action="store_true", help="machine-readable output")
+    start.set_defaults(run=_runs)
+    supervise = actions.add_parser("supervise", help="internal: the process that watches one attempt of a run")
+    supervise.add_argument("run_id")
+    supervise.add_argument("attempt")
+    supervise.set_defaults(run=_supervise)
     return parser
+
+
+def _add_job_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="dataset file (.jsonl, .json, .csv, .parquet)")
+    parser.add_argument("--method", choices=["lora", "qlora"], help="qlora loads the base in 4-bit NF4")
+    parser.add_argument("--model", help="base model: hub id, local folder or 'demo'")
+    parser.add_argument("--config", help="YAML job file (e.g. config.yaml of an earlier run)")
+    parser.add_argument("--format", help="dataset format (default: detect)")
+    parser.add_argument("--drop-invalid", action="store_true", help="skip invalid records instead of refusing the dataset")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="any setting, e.g. --set learning_rate=2e-4 --set peft_config.r=8 (see config.yaml)")
+
+
+def _job_config(args):
+    """The job from --config, then the flags, then --set (later wins)."""
+    from .config import JobConfig
+
+    config = JobConfig.from_yaml(args.config) if args.config else JobConfig()
+    flags = []
+    if args.data:
+        flags.append(f"data.path={json.dumps(args.data)}")
+    if args.method:
+        flags.append(f"model.load_in_4bit={'true' if args.method == 'qlora' else 'false'}")
+    if args.model:
+        flags.append(f"model.base_model={json.dumps(args.model)}")
+    if args.format:
+        flags.append(f"data.format={args.format}")
+    if args.drop_invalid:
+        flags.append("data.drop_invalid=true")
+    config = config.with_overrides(flags + args.overrides)
+    if not config.data.path:
+        raise UserError("no dataset: pass --data PATH (or data.path in --config)")
+    return config
 
 
 def _validate(args) -> int:
@@ -102,29 +154,73 @@ def _print_report(report: dict) -> None:
 
 
 def _train(args) -> int:
-    from .config import JobConfig
+    config = _job_config(args)
+    if args.attempt_dir:  # started by a run supervisor: report through the run folder
+        from .jobs import train_attempt
+
+        return train_attempt(config, Path(args.output), Path(args.attempt_dir), args.resume)
     from .training import train
 
-    config = JobConfig.from_yaml(args.config) if args.config else JobConfig()
-    flags = []
-    if args.data:
-        flags.append(f"data.path={json.dumps(args.data)}")
-    if args.method:
-        flags.append(f"model.load_in_4bit={'true' if args.method == 'qlora' else 'false'}")
-    if args.model:
-        flags.append(f"model.base_model={json.dumps(args.model)}")
-    if args.format:
-        flags.append(f"data.format={args.format}")
-    if args.drop_invalid:
-        flags.append("data.drop_invalid=true")
-    config = config.with_overrides(flags + args.overrides)
-    if not config.data.path:
-        print("error: no dataset: pass --data PATH (or data.path in --config)", file=sys.stderr)
-        return 1
-    result = train(config, args.output)
+    result = train(config, args.output, resume=args.resume)
     print(f"done in {result.seconds:.0f}s: {result.global_step} steps, train loss {_fmt(result.train_loss)}, "
           f"eval loss {_fmt(result.eval_loss)}; adapter in {result.output_dir}")
     return 0
+
+
+def _runs(args) -> int:
+    from . import jobs
+
+    if args.action == "start":
+        run_id = jobs.start_run(_job_config(args))
+        print(json.dumps({"id": run_id}) if args.json else run_id)
+        return 0
+    if args.action == "list":
+        infos = jobs.list_runs()
+        if args.json:
+            print(json.dumps([info.to_dict() for info in infos]))
+        for info in infos if not args.json else []:
+            print(f"{info.id}  {info.status:<11} {info.method:<5} {info.dataset:<28} step {info.step}/{info.max_steps}"
+                  f"  loss {_fmt(info.train_loss)}  eval {_fmt(info.eval_loss)}")
+        return 0
+    if args.action == "cancel":
+        was = jobs.cancel_run(args.run_id)
+        print(json.dumps({"id": args.run_id, "cancel_requested": True, "was": was}) if args.json
+              else f"cancel requested ({args.run_id} was {was})")
+        return 0
+    if args.action == "resume":
+        jobs.resume_run(args.run_id)
+        print(json.dumps({"id": args.run_id, "status": "queued"}) if args.json else f"{args.run_id} queued to resume")
+        return 0
+    if args.action == "delete":
+        jobs.delete_run(args.run_id)
+        print(json.dumps({"id": args.run_id, "deleted": True}) if args.json else f"deleted {args.run_id}")
+        return 0
+    info = jobs.wait_for_run(args.run_id, args.timeout) if args.action == "wait" else jobs.run_info(args.run_id)
+    if args.json:
+        print(json.dumps(info.to_dict()))
+    else:
+        _print_run(info, jobs.log_tail(args.run_id, 1500))
+    return 0 if args.action == "show" or info.status == "completed" else 1
+
+
+def _supervise(args) -> int:
+    from .jobs import supervise
+
+    return supervise(args.run_id, args.attempt)
+
+
+def _print_run(info, log: str) -> None:
+    print(f"run:      {info.id}\nstatus:   {info.status}" + (f" ({info.reason})" if info.reason else ""))
+    print(f"method:   {info.method} on {info.base_model}, dataset {info.dataset}, attempt {info.attempts}")
+    if info.pid:
+        print(f"pid:      {info.pid}")
+    eta = f", ETA {info.eta_seconds:.0f}s" if info.eta_seconds is not None else ""
+    print(f"progress: step {info.step}/{info.max_steps}, epoch {info.epoch:.2f}, {info.elapsed:.0f}s{eta}")
+    print(f"loss:     train {_fmt(info.train_loss)}, eval {_fmt(info.eval_loss)}, lr {info.learning_rate}")
+    if info.adapter:
+        print(f"adapter:  {info.adapter}")
+    if log:
+        print("log tail:\n  " + "\n  ".join(log.strip().splitlines()[-8:]))
 
 
 def _compare(args) -> int:

@@ -9,10 +9,10 @@ This module imports neither torch nor gradio, so anything can read a config chea
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
 
@@ -28,6 +28,18 @@ class ConfigError(UserError, ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_no_is_a_word(cls, values: Any) -> Any:
+        """YAML reads a bare `no` as false; where a field's choices are words, give the word back."""
+        if not isinstance(values, dict):
+            return values
+        for name, value in values.items():
+            info = cls.model_fields.get(name)
+            if isinstance(value, bool) and info and get_origin(info.annotation) is Literal:
+                values = {**values, name: "yes" if value else "no"}
+        return values
 
 
 class ModelSettings(_Section):
@@ -100,6 +112,9 @@ class TrainingConfig(_Section):
     save_strategy: Literal["no", "steps", "epoch"] = Field("epoch", description="When to write a checkpoint (LoRA weights only).")
     save_steps: int = Field(100, ge=1, description="Steps between checkpoints when save_strategy is 'steps'.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept; older ones are deleted.")
+    distributed: Literal["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = Field(
+        "ddp", description="How several GPUs share the work (accelerate launch): DDP, FSDP, or DeepSpeed ZeRO-2/3."
+    )
     seed: int = Field(42, ge=0, description="Random seed for the split, LoRA initialisation and data order.")
 
 

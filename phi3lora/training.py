@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import safetensors
 import torch
 from peft import LoraConfig
+from safetensors import safe_open
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer
 from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
 from . import data
+from .callbacks import MetricsFile
 from .config import ConfigError, JobConfig
 from .modeling import DEMO_TRAINING_DEFAULTS, choose_base_model, load_base_model, load_tokenizer, resolve_dtype, stop_token_ids
 
@@ -36,6 +41,7 @@ class TrainResult:
     trainable_parameters: int
     total_parameters: int
     global_step: int
+    max_steps: int
     train_loss: float | None
     eval_loss: float | None
     seconds: float
@@ -101,22 +107,6 @@ def sft_config(config: JobConfig, output_dir: Path, has_eval: bool) -> SFTConfig
     )
 
 
-class MetricsFile(TrainerCallback):
-    """Appends every log event as one JSON line, so readers can follow a run incrementally."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.started = time.time()
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        record = {"step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch,
-                  "elapsed": round(time.time() - self.started, 3), **logs}
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-
 @dataclass
 class PreparedJob:
     config: JobConfig  # resolved: base model and model-specific defaults filled in
@@ -125,7 +115,7 @@ class PreparedJob:
     eval_conversations: int
 
 
-def prepare(config: JobConfig, output_dir: Path, log=print) -> PreparedJob:
+def prepare(config: JobConfig, output_dir: Path, log=print, callbacks: list[TrainerCallback] = ()) -> PreparedJob:
     """Check the data, load the base, and set up the trainer; writes config.yaml. Nothing trains yet."""
     config, note = resolve(config)
     log(f"{config.method}: {note}")
@@ -165,21 +155,27 @@ def prepare(config: JobConfig, output_dir: Path, log=print) -> PreparedJob:
         eval_dataset=data.to_hf_dataset(eval_split) if eval_split else None,
         processing_class=tokenizer,
         peft_config=lora_config(config),
-        callbacks=[MetricsFile(output_dir / "metrics.jsonl")],
+        callbacks=[MetricsFile(output_dir / "metrics.jsonl"), *callbacks],
     )
     return PreparedJob(config, trainer, len(train_split), len(eval_split))
 
 
-def train(config: JobConfig, output_dir: str | Path, log=print) -> TrainResult:
+def train(config: JobConfig, output_dir: str | Path, log=print, callbacks: list[TrainerCallback] = (),
+          resume: bool = False) -> TrainResult:
+    """Train and save the adapter. With `resume`, continue from the newest whole checkpoint (step count,
+    optimizer, scheduler and data order included). A callback that stops training early still gets the adapter saved."""
     started = time.time()
     output_dir = Path(output_dir)
-    job = prepare(config, output_dir, log)
+    job = prepare(config, output_dir, log, callbacks)
     trainer = job.trainer
     trainable, total = trainer.model.get_nb_trainable_parameters()
     log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%), LoRA only")
+    checkpoint = latest_valid_checkpoint(output_dir / "checkpoints", log) if resume else None
+    if resume:
+        log(f"resuming from {checkpoint.name}" if checkpoint else "no whole checkpoint to resume from: starting over")
 
     # 4. Train, then save only the adapter (PEFT's save_pretrained writes just the LoRA weights).
-    outcome = trainer.train()
+    outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.model.config.use_cache = True  # gradient checkpointing turned the cache off; generation wants it back
     trainer.save_model(str(output_dir))
 
@@ -187,7 +183,7 @@ def train(config: JobConfig, output_dir: str | Path, log=print) -> TrainResult:
         output_dir=str(output_dir), base_model=job.config.model.base_model, method=job.config.method,
         train_conversations=job.train_conversations, eval_conversations=job.eval_conversations,
         trainable_parameters=trainable, total_parameters=total, global_step=trainer.state.global_step,
-        train_loss=outcome.training_loss,
+        max_steps=trainer.state.max_steps, train_loss=outcome.training_loss,
         eval_loss=_final_eval_loss(trainer) if job.eval_conversations else None,
         seconds=round(time.time() - started, 1),
     )
@@ -206,6 +202,49 @@ def _check_template_marks_assistant_turns(tokenizer, base_path: str) -> None:
             f"training_config.assistant_only_loss: the chat template of {base_path} is not one trl can mark "
             "assistant turns in; set training_config.assistant_only_loss=false to learn from whole conversations"
         ) from None
+
+
+CHECKPOINT_FILES = ("adapter_model.safetensors", "adapter_config.json", "trainer_state.json", "optimizer.pt", "scheduler.pt")
+
+
+def latest_valid_checkpoint(folder: Path, log=print) -> Path | None:
+    """The newest checkpoint that is whole. Trainer writes checkpoint-N in place, so a kill mid-save leaves a
+    folder that looks like the newest; transformers' get_last_checkpoint would pick it. We check each file."""
+    candidates = sorted(folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=_step_of, reverse=True)
+    for candidate in candidates:
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            return candidate
+        log(f"skipping {candidate.name}: {problem}")
+    return None
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from, or None when it is whole."""
+    for name in CHECKPOINT_FILES:
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+    try:
+        with safe_open(folder / "adapter_model.safetensors", "pt") as weights:
+            for key in weights.keys():
+                weights.get_tensor(key)
+        state = json.loads((folder / "trainer_state.json").read_text())
+        for name in ("optimizer.pt", "scheduler.pt"):
+            with zipfile.ZipFile(folder / name) as archive:  # torch.save writes a zip: its CRCs catch truncation
+                if archive.testzip() is not None:
+                    return f"{name} is corrupt"
+    except (OSError, ValueError, zipfile.BadZipFile, safetensors.SafetensorError) as error:
+        return f"unreadable ({type(error).__name__}: {error})"
+    if state.get("global_step") != _step_of(folder):
+        return "trainer_state.json does not match the folder's step"
+    return None
+
+
+def _step_of(folder: Path) -> int:
+    try:
+        return int(folder.name.rsplit("-", 1)[-1])
+    except ValueError:
+        return -1
 
 
 def _final_eval_loss(trainer: SFTTrainer) -> float:

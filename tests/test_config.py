@@ -71,3 +71,8 @@ def test_bad_yaml_files(tmp_path):
 
 def test_phi3_module_names():
     assert set(PHI3_LINEAR_MODULES) == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
+
+
+def test_yaml_no_stays_a_word():
+    config = JobConfig().with_overrides(["eval_strategy=no", "save_strategy=no"])
+    assert (config.training_config.eval_strategy, config.training_config.save_strategy) == ("no", "no")

@@ -1,0 +1,80 @@
+"""TrainerCallbacks through which a training process reports to the outside world and hears from it.
+
+Everything goes through files in the run folder, so a web page, a CLI or a restarted app can follow a run
+without talking to its process.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+
+class MetricsFile(TrainerCallback):
+    """Appends one JSON line per event to metrics.jsonl: a "start", throttled "progress" events, and every log
+    (train loss, eval loss, learning rate). Readers follow the file by offset (runs.MetricsReader)."""
+
+    def __init__(self, path: Path, progress_every: float = 1.0):
+        self.path = path
+        self.progress_every = progress_every  # seconds between progress events: a line per step is too many
+        self.started = self.last_progress = time.time()
+        self.first_count: tuple[float, float] | None = None  # (tokens, time) at this process's first log
+        self.last_count: tuple[float, float] | None = None
+
+    def _write(self, state, event: dict) -> None:
+        record = {"step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch,
+                  "elapsed": round(time.time() - self.started, 3), **event}
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _speed(self) -> dict:
+        speed = {}
+        if self.first_count and self.last_count and self.last_count[1] > self.first_count[1]:
+            tokens = self.last_count[0] - self.first_count[0]
+            speed["tokens_per_second"] = round(tokens / (self.last_count[1] - self.first_count[1]), 1)
+        if torch.cuda.is_available():
+            speed["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        return speed
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = self.last_progress = time.time()
+        if state.is_world_process_zero:
+            self._write(state, {"event": "start"})
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.time()
+        if state.is_world_process_zero and (now - self.last_progress >= self.progress_every or state.global_step >= state.max_steps):
+            self.last_progress = now
+            self._write(state, {"event": "progress", **self._speed()})
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs:
+            return
+        if "num_tokens" in logs and "loss" in logs:  # trl counts the non-padding tokens trained on so far
+            self.last_count = (logs["num_tokens"], time.time())
+            self.first_count = self.first_count or self.last_count
+        if state.is_world_process_zero:
+            self._write(state, {**logs, **self._speed()})
+
+
+class StopWhenAsked(TrainerCallback):
+    """Stops training at the next step once `request_file` exists (a cancel from the UI or CLI).
+    Training then ends normally, so the caller still saves the adapter as it stands."""
+
+    def __init__(self, request_file: Path, check_every: float = 0.5):
+        self.request_file = request_file
+        self.check_every = check_every
+        self.last_check = 0.0
+        self.asked = False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.time()
+        if now - self.last_check >= self.check_every:
+            self.last_check = now
+            self.asked = self.asked or self.request_file.exists()
+        if self.asked:
+            control.should_training_stop = True
+            control.should_save = False  # the adapter is saved once, after training returns

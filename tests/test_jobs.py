@@ -1,0 +1,163 @@
+"""Background runs with real processes: supervisor and trainer start, report through files, stop when asked,
+die and are diagnosed, resume from a whole checkpoint, queue in order, and are found again by a fresh reader."""
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import run_cli
+from phi3lora import jobs, runs
+from phi3lora.config import JobConfig
+
+SHORT = ["max_steps=8", "logging_steps=2", "eval_strategy=steps", "eval_steps=4", "save_strategy=steps", "save_steps=4"]
+
+
+@pytest.fixture(autouse=True)
+def data_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("PHI3LORA_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    return tmp_path / "home"
+
+
+def _config(datasets_dir, *overrides):
+    return JobConfig().with_overrides([f"data.path={datasets_dir / 'identity.json'}", "model.base_model=demo", *overrides])
+
+
+def _wait_until(predicate, timeout=120, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _launch(run_id):
+    attempt = runs.latest_attempt(runs.run_dir(run_id))
+    return _wait_until(lambda: runs.read_record(attempt / "launch.json"), what="the trainer to start")
+
+
+def test_cli_run_completes_in_the_background(datasets_dir, data_root):
+    sets = [a for s in SHORT for a in ("--set", s)]
+    done = run_cli("runs", "start", "--data", datasets_dir / "identity.json", "--model", "demo", *sets, "--json")
+    assert done.returncode == 0, done.stderr
+    run_id = json.loads(done.stdout)["id"]
+    done = run_cli("runs", "wait", run_id, "--timeout", "300", "--json")
+    info = json.loads(done.stdout)
+    assert done.returncode == 0 and info["status"] == "completed", info
+    assert (info["step"], info["max_steps"]) == (8, 8)
+    assert info["train_loss"] is not None and info["eval_loss"] is not None
+    assert info["tokens_per_second"] and info["tokens_per_second"] > 0
+    assert info["adapter"] and os.path.isfile(os.path.join(info["adapter"], "adapter_model.safetensors"))
+    run = data_root / "runs" / run_id
+    assert (run / "dataset" / "identity.json").read_bytes() == (datasets_dir / "identity.json").read_bytes()
+    assert JobConfig.from_yaml(run / "config.yaml").data.path == str(run / "dataset" / "identity.json")
+    assert "train_runtime" in (run / "attempts" / "1" / "train.log").read_text()
+    listed = json.loads(run_cli("runs", "list", "--json").stdout)
+    assert [r["id"] for r in listed] == [run_id] and listed[0]["status"] == "completed"
+    shown = run_cli("runs", "show", run_id)
+    assert "status:   completed" in shown.stdout and "log tail:" in shown.stdout
+
+
+def test_cancel_stops_at_the_next_step_and_keeps_the_adapter(datasets_dir):
+    run_id = jobs.start_run(_config(datasets_dir, "max_steps=2000", "logging_steps=1"))
+    _wait_until(lambda: jobs.run_info(run_id).step >= 3, what="a few steps")
+    assert jobs.cancel_run(run_id) == "running"
+    info = jobs.wait_for_run(run_id, timeout=120)
+    assert info.status == "cancelled" and "the adapter as it stood is saved" in info.reason
+    assert 3 <= info.step < 2000
+    assert info.adapter and (runs.run_dir(run_id) / "adapter_model.safetensors").is_file()
+    with pytest.raises(jobs.RunStateError, match="only a queued or running run can be cancelled"):
+        jobs.cancel_run(run_id)
+
+
+def test_a_trainer_that_ignores_cancel_is_killed_after_the_grace_period(datasets_dir, monkeypatch):
+    monkeypatch.setenv("PHI3LORA_CANCEL_GRACE", "1")
+    run_id = jobs.start_run(_config(datasets_dir, "max_steps=2000"))
+    trainer = _launch(run_id)["trainer"]
+    _wait_until(lambda: jobs.run_info(run_id).step >= 1, what="training to begin")
+    os.kill(trainer["pid"], signal.SIGSTOP)  # a hung trainer: it will never see the cancel request
+    jobs.cancel_run(run_id)
+    info = jobs.wait_for_run(run_id, timeout=90)
+    assert info.status == "cancelled" and "did not stop within 1s" in info.reason
+    assert not runs.is_alive(trainer)
+
+
+def test_killed_trainer_fails_with_a_reason_and_resumes_from_its_checkpoint(datasets_dir):
+    run_id = jobs.start_run(_config(datasets_dir, "max_steps=40", "save_strategy=steps", "save_steps=5",
+                                    "eval_strategy=no", "logging_steps=1"))
+    trainer = _launch(run_id)["trainer"]
+    checkpoints = runs.run_dir(run_id) / "checkpoints"
+    _wait_until(lambda: (checkpoints / "checkpoint-10" / "trainer_state.json").exists(), what="checkpoint-10")
+    os.killpg(trainer["pid"], signal.SIGKILL)
+    info = jobs.wait_for_run(run_id, timeout=60)
+    assert info.status == "failed" and "killed (SIGKILL)" in info.reason, info
+
+    jobs.resume_run(run_id)
+    info = jobs.wait_for_run(run_id, timeout=300)
+    assert info.status == "completed" and info.attempts == 2 and info.step == 40
+    starts = [json.loads(l) for l in (runs.run_dir(run_id) / "metrics.jsonl").read_text().splitlines()]
+    starts = [e["step"] for e in starts if e.get("event") == "start"]
+    assert starts[0] == 0 and starts[1] >= 10  # the second attempt continued the step count
+    assert "resuming from checkpoint-" in (runs.run_dir(run_id) / "attempts" / "2" / "train.log").read_text()
+
+
+def test_a_run_whose_processes_vanished_is_interrupted_and_a_fresh_reader_reattaches(datasets_dir):
+    run_id = jobs.start_run(_config(datasets_dir, "max_steps=2000", "logging_steps=1"))
+    launch = _launch(run_id)
+    _wait_until(lambda: jobs.run_info(run_id).step >= 2, what="a few steps")
+    # a fresh process (as after an app restart) finds the run running, with its curve so far
+    shown = json.loads(run_cli("runs", "show", run_id, "--json").stdout)
+    assert shown["status"] == "running" and shown["step"] >= 2 and shown["pid"] == launch["trainer"]["pid"]
+    supervisor = runs.read_record(runs.latest_attempt(runs.run_dir(run_id)) / "supervisor.json")
+    os.killpg(supervisor["pid"], signal.SIGKILL)  # the machine "restarts": supervisor and trainer vanish
+    os.killpg(launch["trainer"]["pid"], signal.SIGKILL)
+    info = _wait_until(lambda: (i := jobs.run_info(run_id)).status == "interrupted" and i, what="interrupted")
+    assert "resume" in info.reason
+
+
+def test_runs_queue_and_start_in_order(datasets_dir):
+    first = jobs.start_run(_config(datasets_dir, "max_steps=6", "eval_strategy=no", "save_strategy=no"))
+    second = jobs.start_run(_config(datasets_dir, "max_steps=6", "eval_strategy=no", "save_strategy=no"))
+    _launch(first)
+    assert jobs.run_info(second).status == "queued"
+    assert jobs.wait_for_run(second, timeout=300).status == "completed"
+    first_end = runs.read_record(runs.latest_attempt(runs.run_dir(first)) / "exit.json")["finished_at"]
+    second_start = runs.read_record(runs.latest_attempt(runs.run_dir(second)) / "launch.json")["launched_at"]
+    assert second_start >= first_end - 1.0  # started only once the first had finished
+
+
+def test_a_trainer_error_is_the_failure_reason(datasets_dir, tmp_path):
+    run_id = jobs.start_run(_config(datasets_dir, f"model.base_model={tmp_path / 'no-such-model'}"))
+    info = jobs.wait_for_run(run_id, timeout=120)
+    assert info.status == "failed" and "cannot load" in info.reason and "no-such-model" in info.reason
+
+
+def test_a_cancel_while_queued_never_starts(datasets_dir):
+    first = jobs.start_run(_config(datasets_dir, "max_steps=2000"))
+    second = jobs.start_run(_config(datasets_dir, "max_steps=6"))
+    _launch(first)
+    assert jobs.cancel_run(second) == "queued"
+    info = jobs.wait_for_run(second, timeout=30)
+    assert info.status == "cancelled" and info.reason == "cancelled before it started"
+    jobs.cancel_run(first)
+    assert jobs.wait_for_run(first, timeout=120).status == "cancelled"
+    jobs.delete_run(second)
+    with pytest.raises(runs.RunNotFound):
+        jobs.run_info(second)
+
+
+def test_bad_requests_are_refused_plainly(datasets_dir, tmp_path):
+    for bad in ("../../etc", "20261123-170102-zzzzzz", ""):
+        with pytest.raises(runs.RunNotFound):
+            runs.run_dir(bad)
+    done = run_cli("runs", "show", "../secret")
+    assert done.returncode == 1 and "is not a run id" in done.stderr and "Traceback" not in done.stderr
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "", "output": ""}\n')
+    with pytest.raises(jobs.UserError, match="--drop-invalid"):
+        jobs.start_run(_config(datasets_dir, f"data.path={broken}"))
+    assert not (runs.runs_root()).exists() or not list(runs.runs_root().iterdir())  # nothing half-created
