@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .export import add_export_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     supervise.add_argument("run_id")
     supervise.add_argument("attempt")
     supervise.set_defaults(run=_supervise)
+    add_export_command(commands)
     return parser
 
 

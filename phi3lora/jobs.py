@@ -79,6 +79,8 @@ def run_info(run_id: str, progress: runs.Progress | None = None) -> RunInfo:
     """A run's status and latest figures. Pass the Progress a watcher keeps to avoid re-reading metrics."""
     path = runs.run_dir(run_id)
     meta = read_record(path / "run.json")
+    if meta is None:
+        raise runs.RunNotFound(f"run {run_id} is being created")
     attempt = runs.latest_attempt(path)
     status, reason = runs.attempt_status(attempt) if attempt else (runs.INTERRUPTED, "never queued")
     launch = read_record(attempt / "launch.json") if attempt else None
@@ -204,12 +206,13 @@ class RunWatcher:
 def _queue_attempt(path: Path, resume: bool) -> Path:
     attempt = path / "attempts" / str(len(runs.attempt_dirs(path)) + 1)
     write_record(attempt / "queued.json", {"queued_at": time.time(), "resume": resume})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "phi3lora", "runs", "supervise", path.name, attempt.name],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(attempt / "supervisor.log", "ab"),
-        start_new_session=True,  # outlives the app or CLI that started it
-        env={**os.environ, "PHI3LORA_HOME": str(runs.data_root())},
-    )
+    with open(attempt / "supervisor.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "phi3lora", "runs", "supervise", path.name, attempt.name],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # outlives the app or CLI that started it
+            env=runs.child_env(),
+        )
     write_record(attempt / "supervisor.json", runs.process_identity(process.pid))
     threading.Thread(target=process.wait, daemon=True).start()  # reap it when it ends, if we are still here
     return attempt

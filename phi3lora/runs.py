@@ -70,6 +70,14 @@ def run_dir(run_id: str) -> Path:
     return path
 
 
+def child_env() -> dict[str, str]:
+    """Environment for the processes we start: the same data root, and phi3lora importable from anywhere
+    (the app may have been started from another folder)."""
+    package_parent = str(Path(__file__).resolve().parents[1])
+    pythonpath = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PHI3LORA_HOME": str(data_root()), "PYTHONPATH": pythonpath}
+
+
 # --- write-once records -------------------------------------------------------------------------------
 
 def write_record(path: Path, record: dict[str, Any]) -> None:

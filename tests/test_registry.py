@@ -1,12 +1,9 @@
 """The registry's building blocks, without training: records, process identity, incremental reading,
 checkpoint validation, failure messages and the multi-GPU launch command."""
 import os
-import shutil
 import subprocess
 import sys
-import time
 
-import psutil
 import pytest
 
 from phi3lora import jobs, runs
