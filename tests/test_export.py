@@ -11,7 +11,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from phi3lora import export, runs
+from phi3lora import export, jobs, runs
 from phi3lora.config import JobConfig
 from phi3lora.errors import UserError
 from phi3lora.modeling import DEMO_MODEL_DIR
@@ -98,7 +98,9 @@ def test_a_background_export_completes_inside_the_run_folder(trained_run):
     folder = run / "exports" / number
     assert runs.read_record(folder / "request.json")["run"] == run_id
     assert runs.read_record(folder / "process.json")["pid"]
-    assert export.export_status(run_id)[-1]["status"] in ("running", "completed")
+    assert export.export_status(run_id)[-1]["status"] == "running"  # a merge takes seconds: python, torch, the model
+    with pytest.raises(jobs.RunStateError, match="being exported"):
+        jobs.delete_run(run_id)  # the merge reads the adapter: it must not vanish underneath it
 
     info = export.wait_for_export(run_id, number, timeout=120)
     assert info["status"] == "completed", (info, (folder / "export.log").read_text()[-3000:])
