@@ -29,7 +29,7 @@ from pathlib import Path
 from . import data, runs
 from .config import JobConfig
 from .errors import UserError
-from .modeling import choose_base_model
+from .modeling import resolve_job
 from .runs import CANCELLED, COMPLETED, FAILED, FINISHED, QUEUED, RUNNING, read_record, write_record
 
 CANCEL_GRACE_SECONDS = float(os.environ.get("PHI3LORA_CANCEL_GRACE", "60"))
@@ -133,13 +133,12 @@ def start_run(config: JobConfig) -> str:
     snapshot = path / "dataset" / Path(config.data.path).name
     snapshot.parent.mkdir(parents=True)
     shutil.copyfile(config.data.path, snapshot)
-    config = config.model_copy(deep=True)
+    config, _ = resolve_job(config)  # the YAML holds every setting the run will use, model defaults included
     config.data.path = str(snapshot)
     (path / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
-    base = choose_base_model(config.model.base_model)
     write_record(path / "run.json", {
         "id": run_id, "created_at": time.time(), "method": config.method,
-        "base_model": "demo" if base.is_demo else base.name_or_path, "dataset": snapshot.name,
+        "base_model": config.model.base_model, "dataset": snapshot.name,
     })
     _queue_attempt(path, resume=False)
     return run_id

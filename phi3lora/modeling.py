@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import UserError
-from .config import ModelSettings
+from .config import JobConfig, ModelSettings
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 DEFAULT_GPU_MODEL = "microsoft/Phi-3-mini-4k-instruct"
@@ -56,6 +56,21 @@ def choose_base_model(requested: str | None) -> BaseModelChoice:
     if torch.cuda.is_available():
         return BaseModelChoice(DEFAULT_GPU_MODEL, False, "default on a CUDA GPU")
     return BaseModelChoice(str(DEMO_MODEL_DIR), True, "the embedded demo model: no CUDA GPU here")
+
+
+def resolve_job(config: JobConfig) -> tuple[JobConfig, str]:
+    """Fill in what the user left open: the base model, and the demo model's own defaults. Returns (config, note)."""
+    choice = choose_base_model(config.model.base_model)
+    config = config.model_copy(deep=True)
+    config.model.base_model = "demo" if choice.is_demo else choice.name_or_path  # "demo" keeps the YAML portable
+    note = f"base model: {choice}"
+    if choice.is_demo:
+        unset = {k: v for k, v in DEMO_TRAINING_DEFAULTS.items() if f"training_config.{k}" not in config.explicitly_set()}
+        for key, value in unset.items():
+            setattr(config.training_config, key, value)
+        if unset:
+            note += "; demo-model defaults: " + ", ".join(f"{k}={v}" for k, v in unset.items())
+    return config, note
 
 
 def _same_folder(path: str, folder: Path) -> bool:

@@ -28,7 +28,7 @@ from trl.chat_template_utils import get_training_chat_template, has_generation_m
 from . import data
 from .callbacks import MetricsFile
 from .config import ConfigError, JobConfig
-from .modeling import DEMO_TRAINING_DEFAULTS, choose_base_model, load_base_model, load_tokenizer, resolve_dtype, stop_token_ids
+from .modeling import choose_base_model, load_base_model, load_tokenizer, resolve_dtype, resolve_job, stop_token_ids
 
 
 @dataclass
@@ -45,21 +45,6 @@ class TrainResult:
     train_loss: float | None
     eval_loss: float | None
     seconds: float
-
-
-def resolve(config: JobConfig) -> tuple[JobConfig, str]:
-    """Fill in what the user left open: the base model, and the demo model's own defaults. Returns (config, note)."""
-    choice = choose_base_model(config.model.base_model)
-    config = config.model_copy(deep=True)
-    config.model.base_model = "demo" if choice.is_demo else choice.name_or_path  # "demo" keeps the YAML portable
-    note = f"base model: {choice}"
-    if choice.is_demo:
-        unset = {k: v for k, v in DEMO_TRAINING_DEFAULTS.items() if f"training_config.{k}" not in config.explicitly_set()}
-        for key, value in unset.items():
-            setattr(config.training_config, key, value)
-        if unset:
-            note += "; demo-model defaults: " + ", ".join(f"{k}={v}" for k, v in unset.items())
-    return config, note
 
 
 def lora_config(config: JobConfig) -> LoraConfig:
@@ -117,7 +102,7 @@ class PreparedJob:
 
 def prepare(config: JobConfig, output_dir: Path, log=print, callbacks: list[TrainerCallback] = ()) -> PreparedJob:
     """Check the data, load the base, and set up the trainer; writes config.yaml. Nothing trains yet."""
-    config, note = resolve(config)
+    config, note = resolve_job(config)
     log(f"{config.method}: {note}")
 
     # 1. Data: every record checked before any model loads.

@@ -54,7 +54,9 @@ def test_cli_run_completes_in_the_background(datasets_dir, data_root):
     assert info["adapter"] and os.path.isfile(os.path.join(info["adapter"], "adapter_model.safetensors"))
     run = data_root / "runs" / run_id
     assert (run / "dataset" / "identity.json").read_bytes() == (datasets_dir / "identity.json").read_bytes()
-    assert JobConfig.from_yaml(run / "config.yaml").data.path == str(run / "dataset" / "identity.json")
+    saved = JobConfig.from_yaml(run / "config.yaml")
+    assert saved.data.path == str(run / "dataset" / "identity.json")
+    assert saved.model.base_model == "demo" and saved.training_config.learning_rate == 5e-3  # the demo's own default
     assert "train_runtime" in (run / "attempts" / "1" / "train.log").read_text()
     listed = json.loads(run_cli("runs", "list", "--json").stdout)
     assert [r["id"] for r in listed] == [run_id] and listed[0]["status"] == "completed"

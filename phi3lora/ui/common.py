@@ -1,0 +1,165 @@
+"""What the tabs share: turning core errors into messages on the page, where datasets come from, upload
+handling, and small formatters. No ML code here either."""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from .. import runs
+from ..data import SUPPORTED_EXTENSIONS
+from ..errors import UserError
+
+log = logging.getLogger("phi3lora.ui")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Datasets that ship with the app: the shared samples beside the repository, and any inside the package.
+BUNDLED_DATASET_DIRS = (REPO_ROOT.parent / "shared" / "datasets", REPO_ROOT / "phi3lora" / "datasets")
+DEFAULT_MAX_UPLOAD_MB = 100.0
+
+
+# --- errors ------------------------------------------------------------------------------------------------
+
+def shows_errors(fn):
+    """Wrap an event handler so every failure reaches the page as one message and the server stays up:
+    a core UserError becomes gr.Error(its message); anything unexpected is logged and named."""
+
+    @functools.wraps(fn)
+    def handler(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except UserError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        except Exception as error:  # a bug, not the user's doing: keep the page and the server alive
+            log.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error(f"Unexpected error ({type(error).__name__}: {error}). The server log has the details; "
+                           "try again or report it.") from None
+
+    return handler
+
+
+# --- uploads -------------------------------------------------------------------------------------------------
+
+def max_upload_mb() -> float:
+    """$PHI3LORA_MAX_UPLOAD_MB (may be fractional), default 100."""
+    raw = os.environ.get("PHI3LORA_MAX_UPLOAD_MB", "")
+    try:
+        value = float(raw) if raw.strip() else DEFAULT_MAX_UPLOAD_MB
+    except ValueError:
+        raise SystemExit(f"PHI3LORA_MAX_UPLOAD_MB must be a number of megabytes, got {raw!r}") from None
+    if value <= 0:
+        raise SystemExit(f"PHI3LORA_MAX_UPLOAD_MB must be positive, got {raw!r}")
+    return value
+
+
+def max_upload_bytes() -> int:
+    return int(max_upload_mb() * 1024 * 1024)
+
+
+def describe_size(mb: float) -> str:
+    return f"{mb:g} MB" if mb >= 1 else f"{mb * 1024:.0f} KB"
+
+
+def uploads_root() -> Path:
+    return runs.data_root() / "uploads"
+
+
+def prune_uploads(max_age_hours: float = 24.0) -> None:
+    """Remove upload folders left by sessions that ended without their cleanup running (an app restart loses
+    every session's state). A day old is long past any session's use of them: runs keep their own snapshot."""
+    root = uploads_root()
+    if not root.is_dir():
+        return
+    for folder in root.iterdir():
+        try:
+            if time.time() - folder.stat().st_mtime > max_age_hours * 3600:
+                shutil.rmtree(folder, ignore_errors=True)
+        except FileNotFoundError:
+            continue
+
+
+def remove_folder(path: str | None) -> None:
+    """gr.State delete_callback: a closed session's private upload folder goes with it."""
+    if path and Path(path).resolve().is_relative_to(uploads_root().resolve()):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def take_upload(cached: str, folder: str | Path) -> Path:
+    """Move an uploaded file out of Gradio's cache into a private folder, so no one can fetch it by its URL.
+    Gradio serves anything in its cache to anyone who has the URL; the data root is never served."""
+    source = Path(cached)
+    if source.suffix.lower() not in SUPPORTED_EXTENSIONS:
+        _forget_cached(source)
+        raise gr.Error(f"{source.name}: unsupported file type; upload {', '.join(SUPPORTED_EXTENSIONS)}")
+    target_dir = Path(folder)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / source.name
+    shutil.copyfile(source, target)
+    _forget_cached(source)
+    return target
+
+
+def _forget_cached(path: Path) -> None:
+    cache = Path(gr.utils.get_upload_folder()).resolve()
+    resolved = path.resolve()
+    if not resolved.is_relative_to(cache) or resolved == cache:
+        return  # never delete anything outside Gradio's cache
+    resolved.unlink(missing_ok=True)
+    if resolved.parent != cache:
+        shutil.rmtree(resolved.parent, ignore_errors=True)  # the random folder Gradio made for this upload
+
+
+# --- where datasets come from ----------------------------------------------------------------------------------
+
+def bundled_datasets() -> dict[str, Path]:
+    """Display name -> file, for the datasets that ship with the app."""
+    found: dict[str, Path] = {}
+    for folder in BUNDLED_DATASET_DIRS:
+        if folder.is_dir():
+            for path in sorted(folder.iterdir()):
+                if path.is_file() and path.suffix.lower() in SUPPORTED_EXTENSIONS:
+                    found.setdefault(path.name, path)
+    return found
+
+
+def is_bundled(path: str | Path) -> bool:
+    resolved = Path(path).resolve()
+    return any(resolved == p.resolve() for p in bundled_datasets().values())
+
+
+def hub_reachable(timeout: float = 3.0) -> str | None:
+    """None when the Hugging Face hub can be reached, else why not (one sentence)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "this server runs offline (HF_HUB_OFFLINE is set)"
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
+    except OSError as error:
+        return f"{host} cannot be reached from this server ({error.strerror or error})"
+    return None
+
+
+# --- formatting ----------------------------------------------------------------------------------------------
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def timestamp(epoch: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(epoch)) if epoch else "-"
+
+
+def number(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"

@@ -1,0 +1,342 @@
+"""Data tab: choose a dataset (upload, bundled, or Hugging Face hub), see what phi3lora makes of it, and set
+the eval split. The reading, checking and rendering are phi3lora.data's; this module only shows them."""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import secrets
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from .. import data
+from ..config import DataSettings
+from ..errors import UserError
+from ..modeling import ModelLoadError, choose_base_model, load_tokenizer
+from .common import (
+    bundled_datasets,
+    describe_size,
+    hub_reachable,
+    max_upload_bytes,
+    max_upload_mb,
+    shows_errors,
+    take_upload,
+    uploads_root,
+)
+
+PREVIEW_CONVERSATIONS = 50  # how many the preview picker offers
+HISTOGRAM_BINS = 24
+FITS, TRUNCATED = "fits", "over max length (truncated)"
+HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?(:[\w.-]+)?$")  # owner/name, optionally :split
+
+_tokenizers: dict[str, object] = {}  # read-only once loaded, so one copy serves every visitor
+_tokenizer_lock = threading.Lock()
+
+
+@dataclass
+class DataTab:
+    dataset: gr.State  # {"path", "name", "source"} of the chosen dataset, or None
+    data_format: gr.Dropdown
+    drop_invalid: gr.Checkbox
+    eval_size: gr.Number
+    upload: gr.File
+    bundled: gr.Dropdown
+    hub_id: gr.Textbox
+    hub_button: gr.Button
+    summary: gr.Markdown
+    problems: gr.Dataframe
+    split: gr.Markdown
+    histogram: gr.BarPlot
+    preview_pick: gr.Dropdown
+    chat: gr.Chatbot
+    template: gr.Textbox
+    analysis: gr.State  # {"lengths", "previews", "conversations"} of the last analysis
+
+
+def build() -> DataTab:
+    help_ = DataSettings.model_fields
+    gr.Markdown("Pick a chat-instruction dataset: upload a file, use one that ships with the app, or load one "
+                "from the Hugging Face hub. Formats: `messages`, `sharegpt`, `alpaca`, `prompt_completion`.")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=300):
+            upload = gr.File(label=f"Upload a dataset (.jsonl, .json, .csv, .parquet; up to {describe_size(max_upload_mb())})",
+                             file_types=list(data.SUPPORTED_EXTENSIONS), file_count="single", height=120)
+            bundled = gr.Dropdown(list(bundled_datasets()), value=None, label="…or a dataset that ships with the app",
+                                  interactive=True)
+            with gr.Row():
+                hub_id = gr.Textbox(label="…or a Hugging Face dataset id", placeholder="owner/name or owner/name:split",
+                                    scale=3)
+                hub_button = gr.Button("Load", scale=1, min_width=80)
+            with gr.Row():
+                data_format = gr.Dropdown(["auto", *data.FORMATS], value="auto", label="Format",
+                                          info=help_["format"].description)
+                eval_size = gr.Number(value=help_["eval_size"].default, label="Eval split",
+                                      info=help_["eval_size"].description, minimum=0)
+            drop_invalid = gr.Checkbox(value=False, label="Skip invalid records", info=help_["drop_invalid"].description)
+        with gr.Column(scale=2):
+            summary = gr.Markdown("No dataset chosen yet.")
+            split = gr.Markdown("")
+            # Plots start as None: one that starts from an empty frame never draws later data (Gradio 6.31).
+            histogram = gr.BarPlot(None, x="tokens", y="conversations", color="length",
+                                   color_map={FITS: "#3b82f6", TRUNCATED: "#ef4444"},
+                                   title="Tokens per conversation", x_title="tokens", y_title="conversations",
+                                   x_label_angle=-45, height=260)
+    problems = gr.Dataframe(headers=["record", "problem"], label="Problems (record numbers; line numbers in .jsonl)",
+                            interactive=False, wrap=True, max_height=260, column_widths=["12%", "88%"])
+    with gr.Row(equal_height=False):
+        with gr.Column():
+            preview_pick = gr.Dropdown([], label="Preview a conversation", interactive=True)
+            chat = gr.Chatbot(label="As chat", height=360, feedback_options=None, buttons=["copy"])
+        with gr.Column():
+            template = gr.Textbox(label="Exactly what the model is trained on (Phi-3 chat template)", lines=16,
+                                  max_lines=16, interactive=False, buttons=["copy"])
+    return DataTab(gr.State(None), data_format, drop_invalid, eval_size, upload, bundled, hub_id, hub_button,
+                   summary, problems, split, histogram, preview_pick, chat, template, gr.State(None))
+
+
+def wire(tab: DataTab, upload_dir: gr.State, base_model: gr.Component, max_length: gr.Component) -> None:
+    """Connect the tab; the tokenizer and the max-length cut come from the Train tab's settings."""
+    private = {"api_visibility": "private"}
+    shown = [tab.summary, tab.problems, tab.histogram, tab.preview_pick, tab.chat, tab.template, tab.analysis, tab.split]
+    analyse_inputs = [tab.dataset, tab.data_format, base_model, max_length, tab.eval_size]
+
+    for event, fn, inputs, outputs in [
+        (tab.upload.upload, use_upload, [tab.upload, upload_dir], [tab.dataset, upload_dir, tab.upload, tab.bundled]),
+        (tab.bundled.input, use_bundled, [tab.bundled], [tab.dataset]),
+        (tab.hub_button.click, use_hub, [tab.hub_id, upload_dir], [tab.dataset, upload_dir, tab.bundled]),
+        (tab.hub_id.submit, use_hub, [tab.hub_id, upload_dir], [tab.dataset, upload_dir, tab.bundled]),
+    ]:
+        event(fn, inputs, outputs, **private).success(analyse, analyse_inputs, shown, **private)
+    tab.data_format.input(analyse, analyse_inputs, shown, **private)
+    base_model.change(analyse, analyse_inputs, shown, **private)
+    max_length.change(rebin, [tab.analysis, max_length], [tab.histogram, tab.summary], show_progress="hidden",
+                      **private)
+    tab.eval_size.change(split_text, [tab.analysis, tab.eval_size], [tab.split], show_progress="hidden", **private)
+    tab.preview_pick.input(show_conversation, [tab.analysis, tab.preview_pick, base_model], [tab.chat, tab.template],
+                           **private)
+
+
+def add_api() -> None:
+    """`/validate_dataset`: a file in, phi3lora.data.report() as JSON out (hidden components, API only)."""
+    file_in = gr.File(label="file", visible=False, file_types=list(data.SUPPORTED_EXTENSIONS))
+    report_out = gr.JSON(label="report", visible=False)
+    trigger = gr.Button(visible=False)
+    trigger.click(validate_dataset, [file_in], [report_out], api_name="validate_dataset")
+
+
+# --- choosing a dataset ----------------------------------------------------------------------------------------
+
+def session_folder(folder: str | None) -> str:
+    """This visitor's private upload folder (random name), made on their first upload."""
+    return folder or str(uploads_root() / secrets.token_hex(16))
+
+
+@shows_errors
+def use_upload(cached: str | None, folder: str | None):
+    if not cached:
+        raise gr.Error("No file arrived; upload it again.")
+    folder = session_folder(folder)
+    path = take_upload(cached, folder)
+    # The cached copy is gone, so the upload box is cleared; the summary names the dataset instead.
+    return {"path": str(path), "name": path.name, "source": "uploaded"}, folder, None, None
+
+
+@shows_errors
+def use_bundled(name: str | None):
+    path = bundled_datasets().get(name or "")
+    if path is None:
+        raise gr.Error(f"No bundled dataset {name!r}; pick one from the list.")
+    return {"path": str(path), "name": name, "source": "ships with the app"}
+
+
+@shows_errors
+def use_hub(dataset_id: str, folder: str | None, max_rows: int = 100_000):
+    folder = session_folder(folder)
+    dataset_id = (dataset_id or "").strip()
+    if not HUB_ID.match(dataset_id):
+        raise gr.Error("Enter a Hugging Face dataset id such as owner/name (optionally owner/name:split).")
+    why_not = hub_reachable()
+    if why_not:
+        raise gr.Error(f"Cannot load {dataset_id} from the Hugging Face hub: {why_not}. "
+                       "Download the dataset yourself and upload the file instead.")
+    name, _, split = dataset_id.partition(":")
+    import datasets  # only here: loading it costs time, and most visitors never use the hub
+
+    try:
+        rows = datasets.load_dataset(name, split=split or "train", streaming=True)
+        target = Path(folder) / (name.replace("/", "__") + (f"__{split}" if split else "") + ".jsonl")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written, limit = 0, max_upload_bytes()
+        with open(target, "w", encoding="utf-8") as out:
+            for row in itertools.islice(rows, max_rows):
+                line = json.dumps(row, ensure_ascii=False, default=str) + "\n"
+                written += len(line.encode())
+                if written > limit:
+                    gr.Warning(f"{dataset_id} is larger than the upload limit ({describe_size(max_upload_mb())}); "
+                               "only its first records are used.")
+                    break
+                out.write(line)
+    except gr.Error:
+        raise
+    except Exception as error:  # noqa: BLE001 - the hub raises many kinds: not found, gated, no such split, network
+        raise gr.Error(f"Cannot load {dataset_id} from the hub: {str(error).splitlines()[0]}") from None
+    return {"path": str(target), "name": f"{dataset_id} (hub)", "source": "Hugging Face hub"}, folder, None
+
+
+# --- analysing it ----------------------------------------------------------------------------------------------
+
+def tokenizer_for(base_model: str | None):
+    """The base model's tokenizer (cached); the demo model's, with a warning, when it cannot be loaded here."""
+    name = choose_base_model(base_model or None).name_or_path
+    with _tokenizer_lock:
+        if name not in _tokenizers:
+            try:
+                _tokenizers[name] = load_tokenizer(name)
+            except ModelLoadError as error:
+                demo = choose_base_model("demo").name_or_path
+                gr.Warning(f"{error}. Showing the demo model's tokenizer instead: same Phi-3 chat template, "
+                           "but token counts differ.")
+                name = demo
+                _tokenizers.setdefault(name, load_tokenizer(name))
+        return _tokenizers[name]
+
+
+@shows_errors
+def analyse(dataset: dict | None, fmt: str, base_model: str | None, max_length: float | None, eval_size: float | None):
+    if not dataset:
+        return (gr.skip(),) * 8
+    loaded = data.read_dataset(dataset["path"], fmt or "auto")
+    tokenizer = tokenizer_for(base_model) if loaded.conversations else None
+    cut = int(max_length or 2048)
+    report = data.report(loaded, tokenizer, cut)
+    lengths = token_lengths(tokenizer, loaded.conversations) if tokenizer else []
+    previews = [(c.record, c.messages) for c in loaded.conversations[:PREVIEW_CONVERSATIONS]]
+    analysis = {"lengths": lengths, "previews": previews, "conversations": len(loaded.conversations),
+                "dataset": dataset, "report": report}
+    if not loaded.conversations:
+        gr.Warning(f"{dataset['name']} has no usable conversations: see the problems listed.")
+
+    problems = pd.DataFrame([{"record": "file" if p["record"] is None else p["record"], "problem": p["message"]}
+                             for p in report["errors"]], columns=["record", "problem"])
+    choices = [(f"record {record}", i) for i, (record, _) in enumerate(previews)]
+    chat, text = conversation_views(previews, 0, tokenizer) if previews else ([], "")
+    return (summary_text(dataset, report, lengths, cut), problems, histogram(lengths, cut),
+            gr.Dropdown(choices=choices, value=0 if choices else None), chat, text, analysis,
+            split_text(analysis, eval_size))
+
+
+def token_lengths(tokenizer, conversations: list[data.Conversation]) -> list[int]:
+    """Tokens per rendered conversation, as data.token_stats counts them (its list is not exposed)."""
+    lengths: list[int] = []
+    for start in range(0, len(conversations), 256):
+        batch = [data.render_text(tokenizer, c.messages) for c in conversations[start:start + 256]]
+        lengths += [len(ids) for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]]
+    return lengths
+
+
+def summary_text(dataset: dict, report: dict, lengths: list[int], max_length: int) -> str:
+    lines = [f"### {dataset['name']}",
+             (f"{dataset['source']} · format **{report['format'] or 'unknown'}** · {report['records']} records · "
+              f"**{report['conversations']}** usable conversations")]
+    tokens = report.get("tokens")
+    if tokens and tokens["count"]:
+        over = sum(n > max_length for n in lengths)  # the max length may have changed since the report
+        lines.append(f"Tokens per conversation: min {tokens['min']}, median {tokens['median']:g}, mean "
+                     f"{tokens['mean']:g}, p95 {tokens['p95']}, max {tokens['max']}. "
+                     + (f"**{over}** longer than max length {max_length} (truncated in training)."
+                        if over else f"All fit within max length {max_length}."))
+    for warning in report["warnings"]:
+        lines.append(f"**Warning:** {warning}")
+    if report["ok"]:
+        lines.append("**Usable.**")
+    elif report["conversations"]:
+        lines.append(f"**Not usable as it is: {len(report['errors'])} problem(s)**, listed below: fix them and upload "
+                     f"again, or tick *Skip invalid records* to train on the {report['conversations']} good ones.")
+    else:
+        lines.append("**Not usable**: nothing in it can be trained on (see the problems below).")
+    return "\n\n".join(lines)
+
+
+def histogram(lengths: list[int], max_length: int) -> pd.DataFrame | None:
+    """Binned token counts; the part of each bin over the max length gets its own colour."""
+    if not lengths:
+        return None
+    top = max(lengths)
+    width = _nice_width(top / HISTOGRAM_BINS)
+    counts: dict[tuple[int, str], int] = {(b, FITS): 0 for b in range(top // width + 1)}  # empty bins show too
+    for n in lengths:
+        key = (n // width, TRUNCATED if n > max_length else FITS)
+        counts[key] = counts.get(key, 0) + 1
+    rows = [{"tokens": f"{b * width}–{(b + 1) * width - 1}", "conversations": c, "length": kind, "bin": b}
+            for (b, kind), c in sorted(counts.items())]
+    frame = pd.DataFrame(rows)
+    # Nominal bins would be sorted as text ("100-119" before "20-39"): give the order explicitly.
+    return gr.BarPlot(frame.drop(columns="bin"), sort=list(dict.fromkeys(frame["tokens"])))
+
+
+def _nice_width(raw: float) -> int:
+    for step in (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 2500, 5000, 10000):
+        if step >= raw:
+            return step
+    return int(raw) + 1
+
+
+@shows_errors
+def rebin(analysis: dict | None, max_length: float | None):
+    if not analysis or not analysis["lengths"]:
+        return gr.skip(), gr.skip()
+    cut = int(max_length or 2048)
+    return histogram(analysis["lengths"], cut), summary_text(analysis["dataset"], analysis["report"],
+                                                             analysis["lengths"], cut)
+
+
+def split_text(analysis: dict | None, eval_size: float | None) -> str:
+    if not analysis or not analysis["conversations"]:
+        return ""
+    try:
+        train, evaluation = data.split_train_eval(list(range(analysis["conversations"])), eval_size or 0, seed=0)
+    except UserError as error:
+        return f"**Eval split:** {error}"
+    return f"Split: **{len(train)}** train / **{len(evaluation)}** eval conversations."
+
+
+@shows_errors
+def show_conversation(analysis: dict | None, index: int | None, base_model: str | None):
+    if not analysis or index is None or index >= len(analysis["previews"]):
+        return gr.skip(), gr.skip()
+    return conversation_views(analysis["previews"], index, tokenizer_for(base_model))
+
+
+def conversation_views(previews: list, index: int, tokenizer) -> tuple[list[dict], str]:
+    messages = previews[index][1]
+    return [{"role": m["role"], "content": m["content"]} for m in messages], data.render_text(tokenizer, messages)
+
+
+# --- API --------------------------------------------------------------------------------------------------------
+
+@shows_errors
+def validate_dataset(file: str | None) -> dict:
+    """Check a dataset file: detected format, counts, every problem with its record number, token statistics
+    (tokenizer of the default base model, max length 2048). Raises when nothing in it can be trained on."""
+    if not file:
+        raise gr.Error("No file: pass the dataset file (e.g. gradio_client.handle_file('data.jsonl')).")
+    folder = uploads_root() / f"api-{secrets.token_hex(12)}"
+    try:
+        path = take_upload(file, folder)
+        loaded = data.read_dataset(path)
+        report = data.report(loaded, tokenizer_for(None) if loaded.conversations else None)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # an API caller has no session to keep the file for
+    # "file", not "path": the name only (where the server keeps files is its own business), and gradio_client
+    # would take any dict with a "path" string for a file to download.
+    report = {"file": path.name, **{k: v for k, v in report.items() if k != "path"}}
+    if not loaded.conversations:
+        problems = "; ".join(f"record {e['record']}: {e['message']}" if e["record"] else e["message"]
+                             for e in report["errors"][:10])
+        raise gr.Error(f"{path.name} has no usable conversations: {problems}")
+    return report

@@ -1,0 +1,103 @@
+"""Start the real web app (`python app.py`) in a subprocess for tests, and stop it afterwards.
+
+Shared by the API tests and (later) browser tests: `with app_server(tmp_path) as server: ... server.url`.
+Each server gets its own data root, Gradio cache and port, and no GPU.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class AppServer:
+    url: str
+    home: Path  # PHI3LORA_HOME: runs/ and uploads/
+    gradio_cache: Path  # GRADIO_TEMP_DIR: where uploads land before the app takes them
+    log: Path
+    process: subprocess.Popen
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def app_server(tmp_path: Path, startup_timeout: float = 120, **env: str):
+    """Run app.py until the block ends. Extra keyword arguments become environment variables."""
+    port = free_port()
+    home, cache, log = tmp_path / "home", tmp_path / "gradio-cache", tmp_path / "app.log"
+    cache.mkdir(parents=True, exist_ok=True)
+    environment = {
+        **os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+        "PHI3LORA_HOME": str(home), "GRADIO_TEMP_DIR": str(cache), "CUDA_VISIBLE_DEVICES": "",
+        "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", **env,
+    }
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=environment, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    server = AppServer(f"http://127.0.0.1:{port}", home, cache, log, process)
+    try:
+        _wait_until_up(server, startup_timeout)
+        yield server
+    finally:
+        _stop(process)
+        _stop_runs(home)
+
+
+def _wait_until_up(server: AppServer, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise RuntimeError(f"app.py exited with {server.process.returncode}:\n{server.log_text()[-3000:]}")
+        try:
+            if httpx.get(server.url + "/gradio_api/info", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"app.py did not answer within {timeout:.0f}s:\n{server.log_text()[-3000:]}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _stop_runs(home: Path) -> None:
+    """Training runs outlive the app by design; a test's runs must not outlive the test. Each supervisor and
+    trainer leads its own process group (jobs.py starts them in new sessions), so killing the group is exact."""
+    from phi3lora import runs  # light: no torch
+
+    for attempt in (home / "runs").glob("*/attempts/*"):
+        launch = runs.read_record(attempt / "launch.json")
+        for identity in ((launch or {}).get("trainer"), runs.read_record(attempt / "supervisor.json")):
+            if identity and runs.is_alive(identity):
+                try:
+                    os.killpg(identity["pid"], signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
