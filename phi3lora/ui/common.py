@@ -163,3 +163,7 @@ def timestamp(epoch: float | None) -> str:
 
 def number(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}g}"
+
+
+def method_name(method: str) -> str:
+    return {"lora": "LoRA", "qlora": "QLoRA"}.get(method, method)

@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from .. import export, jobs, runs
-from .common import duration, number, shows_errors, timestamp
+from .common import duration, method_name, number, shows_errors, timestamp
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "config.yaml")
 DOWNLOADS = Path(tempfile.gettempdir()) / "phi3lora-downloads"  # zips are copied into Gradio's cache from here
@@ -189,7 +189,7 @@ def _readme(info: jobs.RunInfo) -> str:
             if info.base_model == "demo" else "")
     return f"""# LoRA adapter from phi3lora run {info.id}
 
-{info.method.upper()} adapter for `{info.base_model}`, trained on `{info.dataset}` (status: {info.status};
+{method_name(info.method)} adapter for `{info.base_model}`, trained on `{info.dataset}` (status: {info.status};
 final train loss {number(info.train_loss)}, eval loss {number(info.eval_loss)}).{note}
 
 - `adapter_config.json`, `adapter_model.safetensors`: the adapter, standard PEFT layout (LoRA weights only)

@@ -19,7 +19,7 @@ import yaml
 from .. import jobs, runs
 from ..config import PHI3_EMBEDDING_MODULE, PHI3_LINEAR_MODULES, SECTIONS, ConfigError, JobConfig, field_help
 from ..modeling import DEFAULT_GPU_MODEL, DEMO_TRAINING_DEFAULTS, choose_base_model
-from .common import bundled_datasets, duration, is_bundled, number, shows_errors, take_upload, uploads_root
+from .common import bundled_datasets, method_name, duration, is_bundled, number, shows_errors, take_upload, uploads_root
 
 POLL_SECONDS = 2.0
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -92,6 +92,13 @@ def model_defaults(base_model: str | None) -> dict[str, Any]:
             for k, v in DEMO_TRAINING_DEFAULTS.items()}
 
 
+def follow_model_defaults(base_model: str | None, *values: Any) -> list[Any]:
+    """After a change of base model: fields still at some model's default take the new model's; typed values stay."""
+    new = model_defaults(base_model)
+    any_default = [model_defaults(model) for model in ("demo", DEFAULT_GPU_MODEL)]
+    return [new[key] if any(value == d[key] for d in any_default) else value for key, value in zip(new, values)]
+
+
 def field_component(key: str, value: Any) -> gr.Component:
     """The right input for a field's type, labelled with its name and its help text."""
     info, help_text = field_info(key), field_help()[key]
@@ -159,9 +166,8 @@ def wire(tab: TrainTab, dataset: gr.State, data_format, drop_invalid, eval_size)
     private = {"api_visibility": "private"}
     form = [dataset, data_format, drop_invalid, eval_size, tab.method, *tab.fields.values()]
     view = tab.run_view
-    defaults = list(model_defaults(None))
-    tab.base_model.input(lambda base: list(model_defaults(base).values()), [tab.base_model],
-                         [tab.fields[k] for k in defaults], **private)
+    model_fields = [tab.fields[k] for k in model_defaults(None)]
+    tab.base_model.input(follow_model_defaults, [tab.base_model, *model_fields], model_fields, **private)
     tab.preview_button.click(preview, form, [tab.yaml_view, tab.cli_view], **private)
     tab.start_button.click(start, form, [tab.watcher], **private).success(tick, [tab.watcher], view, **private)
     tab.timer.tick(tick, [tab.watcher], view, show_progress="hidden", **private)
@@ -301,7 +307,7 @@ def _header(info: jobs.RunInfo) -> str:
     }.get(info.status, info.status)
     if info.status in RESUMABLE:
         what += " (Resume continues from the newest checkpoint)"
-    return (f"### Run `{info.id}` · {info.status}\n{info.method.upper()} on **{info.dataset}**, base "
+    return (f"### Run `{info.id}` · {info.status}\n{method_name(info.method)} on **{info.dataset}**, base "
             f"`{info.base_model}` · {what}")
 
 
