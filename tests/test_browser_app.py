@@ -40,6 +40,8 @@ def test_upload_train_and_download_the_adapter_in_the_browser(tmp_path):
         # The textbox's <label> also holds its Copy button, which takes the label: find the textarea inside it.
         template = page.locator("label", has_text="Exactly what the model is trained on").locator("textarea")
         expect(template).to_have_value(re.compile(r"<\|user\|>.*<\|assistant\|>", re.DOTALL))
+        # the token-length histogram has drawn its bars (the only bar chart on the page)
+        expect(page.locator("svg .mark-rect path")).not_to_have_count(0)
         screenshot(page, "data-tab")
 
         # 2. Train tab: LoRA on the demo model, 8 steps of 4 conversations, a loss point every step, no mid-run
