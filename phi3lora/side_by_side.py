@@ -1,0 +1,207 @@
+"""Base and adapters side by side, streamed: one base model in memory, adapters attached by name, and every
+column (each with its own conversation) computed in ONE batched `generate`, text shown token by token.
+
+    sbs = SideBySide("demo")
+    sbs.add_adapter("tuned", "runs/identity")
+    for texts in sbs.stream([BASE, "tuned"], [conversation_a, conversation_b], max_new_tokens=64):
+        print(texts)  # [base text so far, tuned text so far]
+    sbs.release()
+
+Columns are adapter names or BASE ("__base__", the plain base); peft's mixed adapter batches route every row
+through its own adapter. Prompts differ in length, so they are padded on the left.
+"""
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from queue import Queue
+
+import torch
+from peft import PeftModel
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from .compare import BASE, AdapterError, adapter_settings, load_with_adapters
+from .config import ModelSettings
+from .modeling import stop_token_ids
+
+__all__ = ["BASE", "ColumnStreamer", "SideBySide"]
+
+_DONE = object()
+
+
+class ColumnStreamer(BaseStreamer):
+    """Receives every row's new token each step and queues the decoded text of every row so far.
+
+    The first `put` is the prompt and is skipped. A row's text ends at its first stop token: what generate
+    appends after it (padding, while other rows go on) is never shown."""
+
+    def __init__(self, tokenizer, rows: int, stop_ids: list[int]):
+        self.tokenizer = tokenizer
+        self.stop_ids = set(stop_ids)
+        self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.done = [False] * rows
+        self.queue: Queue = Queue()
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        step = value.reshape(-1).tolist()  # one new token per row
+        for row, token in enumerate(step):
+            if self.done[row]:
+                continue
+            if token in self.stop_ids:
+                self.done[row] = True
+            else:
+                self.tokens[row].append(token)
+        self.queue.put(self.texts())
+
+    def end(self) -> None:
+        self.queue.put(_DONE)
+
+    def texts(self) -> list[str]:
+        return [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in self.tokens]
+
+
+class _Cancelled(StoppingCriteria):
+    """Stops generate once the reader of the stream has gone away."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class SideBySide:
+    """One base model (loaded on first use) with any number of adapters attached to it by name."""
+
+    def __init__(self, base_model: str | None = None, settings: ModelSettings | None = None):
+        self.base_model = base_model
+        self.settings = settings
+        self._adapters: dict[str, Path] = {}
+        self._model = None
+        self._tokenizer = None
+        self._lock = threading.Lock()  # one generation at a time: adapter routing is per model, not per call
+
+    # ---- model and adapters ---------------------------------------------------------------------------------
+    @property
+    def adapters(self) -> list[str]:
+        return list(self._adapters)
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def model(self):
+        self._ensure_loaded()
+        return self._model
+
+    @property
+    def tokenizer(self):
+        self._ensure_loaded()
+        return self._tokenizer
+
+    def _ensure_loaded(self) -> None:
+        if self._model is None:
+            self._model, self._tokenizer = load_with_adapters(self.base_model, dict(self._adapters), self.settings)
+
+    def add_adapter(self, name: str, path: str | Path) -> None:
+        """Attach the adapter in `path` under `name`, to the base already in memory when there is one."""
+        if not name or name == BASE:
+            raise AdapterError(f"{name!r} cannot name an adapter: it is reserved for the plain base")
+        if name in self._adapters:
+            raise AdapterError(f"an adapter named {name!r} is already attached ({self._adapters[name]})")
+        trained_on, settings = adapter_settings(path)  # raises AdapterError on a folder that is not an adapter
+        if not self._adapters and self._model is None:
+            # Nothing loaded yet: the first adapter's base and load settings are the default
+            self.base_model = self.base_model or trained_on
+            self.settings = self.settings or settings
+        path = Path(path)
+        if self._model is not None:
+            if isinstance(self._model, PeftModel):
+                self._model.load_adapter(str(path), adapter_name=name)
+            else:
+                self._model = PeftModel.from_pretrained(self._model, str(path), adapter_name=name)
+            self._model.eval()
+        self._adapters[name] = path
+
+    def release(self) -> None:
+        """Drop the model and free its memory; the next use loads it again, with the same adapters."""
+        with self._lock:
+            self._model = None
+            self._tokenizer = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # ---- generation -----------------------------------------------------------------------------------------
+    def stream(self, columns: list[str], conversations: list[list[dict]], max_new_tokens: int = 128,
+               temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+               **generate_kwargs) -> Iterator[list[str]]:
+        """Yield, after every generated token, the text so far of every column (one batched generate).
+
+        `columns[i]` (an adapter name or BASE) answers `conversations[i]`. Greedy when temperature == 0;
+        with a seed, sampling is repeatable. Extra keyword arguments go to `generate` (e.g. min_new_tokens)."""
+        if len(columns) != len(conversations):
+            raise ValueError(f"{len(columns)} columns but {len(conversations)} conversations")
+        if not columns:
+            return
+        unknown = [c for c in columns if c != BASE and c not in self._adapters]
+        if unknown:
+            raise AdapterError(f"no adapter named {', '.join(map(repr, unknown))}; attached: {self.adapters or 'none'}")
+        model, tokenizer = self.model, self.tokenizer
+        prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        stops = stop_token_ids(tokenizer)
+        streamer = ColumnStreamer(tokenizer, len(columns), stops)
+        cancel = threading.Event()
+        sampling = temperature > 0
+        kwargs = dict(
+            **inputs, max_new_tokens=max_new_tokens, do_sample=sampling,
+            eos_token_id=stops, pad_token_id=tokenizer.pad_token_id, streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
+        )
+        if sampling:
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=None)
+        else:  # the demo's generation_config may carry sampling settings that greedy search would warn about
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if isinstance(model, PeftModel):
+            kwargs["adapter_names"] = list(columns)
+        kwargs.update(generate_kwargs)
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with self._lock, torch.inference_mode():
+                    if seed is not None:
+                        torch.manual_seed(seed)
+                    model.generate(**kwargs)
+            except BaseException as error:  # noqa: BLE001 - re-raised in the reader's thread
+                failure.append(error)
+            finally:
+                streamer.end()
+
+        thread = threading.Thread(target=run, name="side-by-side-generate", daemon=True)
+        thread.start()
+        try:
+            while (item := streamer.queue.get()) is not _DONE:
+                yield item
+        finally:
+            cancel.set()  # the reader stopped early (or we are done): let generate end at its next step
+            thread.join()
+        if failure:
+            raise failure[0]
+
+    def generate(self, columns: list[str], conversations: list[list[dict]], max_new_tokens: int = 128,
+                 **kwargs) -> list[str]:
+        """The final texts of `stream` (same arguments)."""
+        texts = [""] * len(columns)
+        for texts in self.stream(columns, conversations, max_new_tokens, **kwargs):
+            pass
+        return texts
