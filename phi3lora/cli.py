@@ -1,4 +1,5 @@
-"""`python -m phi3lora ...`: validate a dataset, train an adapter, compare base and adapted answers.
+"""`python -m phi3lora ...`: validate a dataset, train an adapter (in the foreground or as a background run),
+compare base and adapted answers, export a merged model.
 
 A thin layer: each command parses its flags and calls the same functions the app uses. Errors a user can
 cause print one plain message and exit 1, never a traceback.
