@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -135,14 +133,7 @@ def start_export(run_id: str, dtype: str | None = None) -> str:
     folder = _new_export_folder(path / "exports")
     write_record(folder / "request.json", {"run": run_id, "requested_at": time.time(), "dtype": dtype})
     command = [sys.executable, "-m", "phi3lora", "export", "--run", run_id, "--attempt", folder.name]
-    with open(folder / "export.log", "ab") as log:  # a file, never a pipe: a full pipe would hang the export
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,  # outlives the app or CLI that started it
-            env=runs.child_env(),
-        )
-    write_record(folder / "process.json", {**runs.process_identity(process.pid), "command": command})
-    threading.Thread(target=process.wait, daemon=True).start()  # reap it when it ends, if we are still here
+    write_record(folder / "process.json", {**runs.start_detached(command, folder / "export.log"), "command": command})
     return folder.name
 
 
@@ -182,7 +173,7 @@ def export_info(run_id: str, number: str | int) -> dict[str, Any]:
         status, reason = done["status"], done.get("reason")
     elif runs.is_alive(process):
         status, reason = RUNNING, None
-    elif process is None and _younger_than(folder, STARTING_GRACE_SECONDS):
+    elif process is None and runs.is_recent(folder, STARTING_GRACE_SECONDS):
         status, reason = RUNNING, None  # the caller is starting the export process this very moment
     else:
         status, reason = INTERRUPTED, ("its process is gone without finishing (the machine or the app restarted, or "
@@ -240,13 +231,6 @@ def run_export(run_id: str, number: str) -> int:
                                         "path": str(model_dir) if status == COMPLETED else None,
                                         "finished_at": time.time()})
     return 0 if status == COMPLETED else 1
-
-
-def _younger_than(path: Path, seconds: float) -> bool:
-    try:
-        return time.time() - path.stat().st_mtime < seconds
-    except FileNotFoundError:
-        return False
 
 
 # --- command line -------------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -215,15 +214,9 @@ class RunWatcher:
 def _queue_attempt(path: Path, resume: bool) -> Path:
     attempt = path / "attempts" / str(len(runs.attempt_dirs(path)) + 1)
     write_record(attempt / "queued.json", {"queued_at": time.time(), "resume": resume})
-    with open(attempt / "supervisor.log", "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "phi3lora", "runs", "supervise", path.name, attempt.name],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,  # outlives the app or CLI that started it
-            env=runs.child_env(),
-        )
-    write_record(attempt / "supervisor.json", runs.process_identity(process.pid))
-    threading.Thread(target=process.wait, daemon=True).start()  # reap it when it ends, if we are still here
+    supervisor = runs.start_detached([sys.executable, "-m", "phi3lora", "runs", "supervise", path.name, attempt.name],
+                                     attempt / "supervisor.log")
+    write_record(attempt / "supervisor.json", supervisor)
     return attempt
 
 

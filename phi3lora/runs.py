@@ -28,6 +28,8 @@ import os
 import re
 import secrets
 import socket
+import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +78,16 @@ def child_env() -> dict[str, str]:
     package_parent = str(Path(__file__).resolve().parents[1])
     pythonpath = os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, "PHI3LORA_HOME": str(data_root()), "PYTHONPATH": pythonpath}
+
+
+def start_detached(command: list[str], log_path: Path) -> dict[str, Any]:
+    """Start a process that outlives its caller (its own session), output appended to `log_path` (a file, never
+    a pipe: a full pipe would hang it). Returns its identity. A thread reaps it if the caller is still around."""
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, env=child_env())
+    threading.Thread(target=process.wait, daemon=True).start()
+    return process_identity(process.pid)
 
 
 # --- write-once records -------------------------------------------------------------------------------
@@ -142,12 +154,13 @@ def attempt_status(attempt: Path) -> tuple[str, str | None]:
         return exit_record["status"], exit_record.get("reason")
     if is_alive(read_record(attempt / "supervisor.json")):
         return (RUNNING if (attempt / "launch.json").exists() else QUEUED), None
-    if read_record(attempt / "supervisor.json") is None and _young(attempt / "queued.json"):
+    if read_record(attempt / "supervisor.json") is None and is_recent(attempt / "queued.json"):
         return QUEUED, None  # the manager is starting the supervisor this very moment
     return INTERRUPTED, "its process is gone (the machine or the app restarted while it ran): resume it"
 
 
-def _young(path: Path, seconds: float = 30.0) -> bool:
+def is_recent(path: Path, seconds: float = 30.0) -> bool:
+    """Modified within the last `seconds`: a record whose writer may still be starting up."""
     try:
         return time.time() - path.stat().st_mtime < seconds
     except FileNotFoundError:
