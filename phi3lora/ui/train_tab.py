@@ -93,10 +93,14 @@ def model_defaults(base_model: str | None) -> dict[str, Any]:
 
 
 def follow_model_defaults(base_model: str | None, *values: Any) -> list[Any]:
-    """After a change of base model: fields still at some model's default take the new model's; typed values stay."""
+    """After a change of base model: fields still at some model's default take the new model's; typed values stay.
+
+    A typed value is answered with `gr.skip()`, not echoed back, so that a value typed while this event is in flight
+    is not overwritten by the stale one it was sent with.
+    """
     new = model_defaults(base_model)
     any_default = [model_defaults(model) for model in ("demo", DEFAULT_GPU_MODEL)]
-    return [new[key] if any(value == d[key] for d in any_default) else value for key, value in zip(new, values)]
+    return [new[key] if any(value == d[key] for d in any_default) else gr.skip() for key, value in zip(new, values)]
 
 
 def field_component(key: str, value: Any) -> gr.Component:
