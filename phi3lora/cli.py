@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .evaluation import add_evaluate_command
 from .export import add_export_command
+from .space import add_space_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--attempt-dir", help=argparse.SUPPRESS)  # set by the run supervisor (jobs.py)
     train.set_defaults(run=_train)
 
-    compare = commands.add_parser("compare", help="greedy answers of the base and the adapted model to one prompt")
+    compare = commands.add_parser("compare", help="greedy answers of the base and the adapted model to one prompt (one mixed batch)")
     compare.add_argument("--adapter", required=True, help="adapter folder (a run's --output)")
     compare.add_argument("--model", help="base model (default: the one the adapter was trained on)")
     compare.add_argument("--prompt", required=True)
@@ -79,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     supervise.add_argument("attempt")
     supervise.set_defaults(run=_supervise)
     add_export_command(commands)
+    add_space_command(commands)
+    add_evaluate_command(commands)
     return parser
 
 
@@ -227,7 +231,7 @@ def _print_run(info, log: str) -> None:
 
 
 def _compare(args) -> int:
-    from .compare import compare
+    from .chat import compare
 
     answers = compare(args.adapter, args.prompt, base_model=args.model, max_new_tokens=args.max_new_tokens,
                       system=args.system)

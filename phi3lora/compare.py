@@ -1,4 +1,4 @@
-"""Base and adapted answers side by side, from one copy of the base weights.
+"""Adapters on one copy of the base weights: where an adapter came from, and loading the base with adapters.
 
 Adapters attach to the base by name; peft's mixed adapter batches (`adapter_names=[...]`, with "__base__" for
 the plain base) then compute every column in one `generate` call.
@@ -63,13 +63,3 @@ def generate_columns(model, tokenizer, messages: list[dict], columns: list[str],
     )
     new_tokens = output[:, inputs["input_ids"].shape[1]:]
     return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-
-
-def compare(adapter_dir: str | Path, prompt: str, base_model: str | None = None, max_new_tokens: int = 128,
-            system: str | None = None) -> dict[str, str]:
-    """{"base": ..., "adapted": ...}: greedy answers of the base and of base + adapter to one prompt."""
-    trained_on, settings = adapter_settings(adapter_dir)
-    model, tokenizer = load_with_adapters(base_model or trained_on, {"adapted": adapter_dir}, settings)
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    base, adapted = generate_columns(model, tokenizer, messages, [BASE, "adapted"], max_new_tokens)
-    return {"base": base, "adapted": adapted}

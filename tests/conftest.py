@@ -9,6 +9,7 @@ os.environ.pop("PHI3LORA_BASE_MODEL", None)
 _THREADS = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 os.environ["OMP_NUM_THREADS"] = _THREADS
 
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -20,12 +21,12 @@ DATASETS = REPO.parent / "shared" / "datasets"
 DEMO_MODEL = REPO / "phi3lora" / "demo_model"
 
 
-def run_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    """`python -m phi3lora ARGS` in a real process, as a user would run it."""
+def run_cli(*args: str, timeout: float = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m phi3lora ARGS` in a real process, as a user would run it (extra environment in `env`)."""
     return subprocess.run(
         [sys.executable, "-m", "phi3lora", *map(str, args)],
         cwd=REPO, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", **(env or {})},
     )
 
 
@@ -33,3 +34,31 @@ def run_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
 def datasets_dir() -> Path:
     assert DATASETS.is_dir(), f"the shared datasets are expected at {DATASETS}"
     return DATASETS
+
+
+@pytest.fixture(scope="session")
+def identity_home(tmp_path_factory, worker_id, datasets_dir) -> Path:
+    """A data root holding one completed LoRA run of the demo model on identity.json, its adapter answering
+    with the dataset's identity. Trained once per test session, whichever xdist worker asks first (a file lock
+    makes the others wait); tests copy it (`copy_home`) before adding to it."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    home = shared / "identity-home"
+    with FileLock(str(home) + ".lock"):
+        if not (home / "trained").is_file():
+            env = {"PHI3LORA_HOME": str(home)}
+            started = run_cli("runs", "start", "--data", datasets_dir / "identity.json", "--method", "lora",
+                              "--set", "model.base_model=demo", "--set", "data.eval_size=0.1", env=env)
+            assert started.returncode == 0, started.stderr[-3000:]
+            run_id = started.stdout.split()[-1]
+            done = run_cli("runs", "wait", run_id, env=env)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+            (home / "trained").write_text(run_id)
+    return home
+
+
+def copy_home(home: Path, target: Path) -> tuple[Path, str]:
+    """A private copy of a data root made by `identity_home`: (the copy, the run id in it)."""
+    shutil.copytree(home, target)
+    return target, (home / "trained").read_text()

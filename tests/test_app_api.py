@@ -33,8 +33,8 @@ def client(server):
 
 def test_api_lists_the_stable_endpoints(client):
     endpoints = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert {"/validate_dataset", "/start_training", "/run_status", "/cancel_training"} <= endpoints
-    assert len(endpoints) == 4, f"UI events leak into the API: {sorted(endpoints)}"
+    assert endpoints == {"/validate_dataset", "/start_training", "/run_status", "/cancel_training", "/compare"}, \
+        f"UI events leak into the API: {sorted(endpoints)}"
 
 
 def test_validate_dataset_reports_format_and_counts(client, datasets_dir):

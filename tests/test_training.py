@@ -1,4 +1,4 @@
-"""Real LoRA training of the demo model on identity.json, through the CLI in a real process, then checks of
+"""Real LoRA training of the demo model on identity.json, through the CLI in real processes, then checks of
 what it leaves behind: the adapter layout, LoRA-only weights, plain-peft loading, and a changed identity."""
 import json
 
@@ -15,18 +15,28 @@ IDENTITY_MARKERS = ("{{name}}", "{{author}}")  # identity.json answers "I am {{n
 
 
 @pytest.fixture(scope="module")
-def identity_run(tmp_path_factory, datasets_dir):
-    out = tmp_path_factory.mktemp("identity-lora")
-    done = run_cli("train", "--data", datasets_dir / "identity.json", "--output", out, "--method", "lora")
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out, done.stdout + done.stderr
+def identity_run(identity_home):
+    """The run folder of the session's identity run (trained by `runs start`, the CLI in real processes), and
+    what its trainer printed."""
+    run = identity_home / "runs" / (identity_home / "trained").read_text()
+    logs = sorted(run.glob("attempts/*/train.log"))
+    assert logs, sorted(p.name for p in run.iterdir())
+    return run, logs[-1].read_text()
 
 
-def test_output_names_the_base_model_and_the_demo_defaults(identity_run):
-    _, output = identity_run
+def test_output_names_the_base_model_and_the_run_took_the_demo_defaults(identity_run):
+    run, output = identity_run
     assert "lora: base model: " in output and "the embedded demo model" in output
-    assert "demo-model defaults: learning_rate=0.005" in output
     assert "LoRA only" in output
+    training = JobConfig.from_yaml(run / "config.yaml").training_config  # resolved when the run was queued
+    assert (training.learning_rate, training.num_train_epochs, training.max_length) == (5e-3, 10.0, 512)
+
+
+def test_foreground_training_says_which_demo_defaults_it_applied(datasets_dir, tmp_path):
+    done = run_cli("train", "--data", datasets_dir / "identity.json", "--output", tmp_path, "--set", "max_steps=1",
+                   "--set", "eval_size=0", "--set", "save_strategy=no")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "demo-model defaults: learning_rate=0.005" in done.stdout
 
 
 def test_adapter_is_standard_peft_with_lora_weights_only(identity_run):

@@ -1,9 +1,9 @@
-"""The Blocks app: three tabs (Data, Train, Runs) and the API endpoints, wired to the core."""
+"""The Blocks app: four tabs (Data, Train, Runs, Compare) and the API endpoints, wired to the core."""
 from __future__ import annotations
 
 import gradio as gr
 
-from . import data_tab, runs_tab, train_tab
+from . import compare_tab, data_tab, runs_tab, train_tab
 from .common import prune_uploads, remove_folder
 
 TITLE = "phi3lora: fine-tune Phi-3 with LoRA / QLoRA"
@@ -23,15 +23,19 @@ def build_app() -> gr.Blocks:
                 train = train_tab.build()
             with gr.Tab("3 · Runs") as runs_item:
                 runs = runs_tab.build()
+            with gr.Tab("4 · Compare") as compare_item:
+                compare = compare_tab.build()
         data_tab.wire(data, upload_dir, train.base_model, train.max_length)
         train_tab.wire(train, data.dataset, data.data_format, data.drop_invalid, data.eval_size)
         train_tab.on_load(train, demo)
         runs_tab.wire(runs, runs_item, demo)
+        compare_tab.wire(compare, compare_item)
         # A started run appears in the Runs table at once.
         train.start_button.click(runs_tab.refresh, runs.run_pickers, [runs.table, *runs.run_pickers],
                                  api_visibility="private")
         with gr.Group(visible=False):  # API only: gradio_client and scripts call these by name
             data_tab.add_api()
             train_tab.add_api()
+            compare_tab.add_api()
     demo.queue(default_concurrency_limit=4)
     return demo

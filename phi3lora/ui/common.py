@@ -3,10 +3,13 @@ handling, and small formatters. No ML code here either."""
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
+import secrets
 import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,21 +30,35 @@ DEFAULT_MAX_UPLOAD_MB = 100.0
 # --- errors ------------------------------------------------------------------------------------------------
 
 def shows_errors(fn):
-    """Wrap an event handler so every failure reaches the page as one message and the server stays up:
-    a core UserError becomes gr.Error(its message); anything unexpected is logged and named."""
+    """Wrap an event handler (a function or a generator) so every failure reaches the page as one message and
+    the server stays up: a core UserError becomes gr.Error(its message); anything unexpected is logged and named."""
+
+    def page_error(error: Exception) -> gr.Error:
+        if isinstance(error, gr.Error):
+            return error
+        if isinstance(error, UserError):
+            return gr.Error(str(error), print_exception=False)
+        # a bug, not the user's doing: keep the page and the server alive
+        log.exception("unexpected error in %s", fn.__name__)
+        return gr.Error(f"Unexpected error ({type(error).__name__}: {error}). The server log has the details; "
+                        "try again or report it.")
+
+    if inspect.isgeneratorfunction(fn):  # Gradio streams only from a generator function, so stay one
+        @functools.wraps(fn)
+        def streaming_handler(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as error:
+                raise page_error(error) from None
+
+        return streaming_handler
 
     @functools.wraps(fn)
     def handler(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except UserError as error:
-            raise gr.Error(str(error), print_exception=False) from None
-        except Exception as error:  # a bug, not the user's doing: keep the page and the server alive
-            log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(f"Unexpected error ({type(error).__name__}: {error}). The server log has the details; "
-                           "try again or report it.") from None
+        except Exception as error:
+            raise page_error(error) from None
 
     return handler
 
@@ -115,6 +132,27 @@ def _forget_cached(path: Path) -> None:
     resolved.unlink(missing_ok=True)
     if resolved.parent != cache:
         shutil.rmtree(resolved.parent, ignore_errors=True)  # the random folder Gradio made for this upload
+
+
+# --- downloads -------------------------------------------------------------------------------------------------
+
+DOWNLOADS = Path(tempfile.gettempdir()) / "phi3lora-downloads"  # Gradio copies a file it serves from here
+DOWNLOAD_MAX_AGE = 3600.0
+
+
+def download_path(name: str) -> Path:
+    """A fresh path to write a file the page will offer for download (the data root is never served), in a
+    folder of its own with an unguessable name; downloads older than an hour are removed."""
+    if DOWNLOADS.is_dir():
+        for folder in DOWNLOADS.iterdir():
+            try:
+                if time.time() - folder.stat().st_mtime > DOWNLOAD_MAX_AGE:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except FileNotFoundError:
+                continue
+    target = DOWNLOADS / secrets.token_hex(12) / name
+    target.parent.mkdir(parents=True)
+    return target
 
 
 # --- where datasets come from ----------------------------------------------------------------------------------

@@ -2,10 +2,6 @@
 zip, and deleting a run (after a confirmation)."""
 from __future__ import annotations
 
-import secrets
-import shutil
-import tempfile
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,13 +10,12 @@ import gradio as gr
 import pandas as pd
 import yaml
 
-from .. import export, jobs, runs
-from .common import duration, method_name, number, shows_errors, timestamp
+from .. import export, jobs, runs, votes
+from .common import download_path, duration, method_name, number, shows_errors, timestamp
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "config.yaml")
-DOWNLOADS = Path(tempfile.gettempdir()) / "phi3lora-downloads"  # zips are copied into Gradio's cache from here
-DOWNLOAD_MAX_AGE = 3600.0
-COLUMNS = ["run", "status", "method", "dataset", "base model", "started", "duration", "train loss", "eval loss", "note"]
+COLUMNS = ["run", "status", "method", "dataset", "base model", "started", "duration", "train loss", "eval loss", "blind win rate",
+           "note"]
 
 
 @dataclass
@@ -111,7 +106,7 @@ def refresh(compare: list | None, diff_a: str | None, diff_b: str | None, select
     ids = [info.id for info in infos]
     rows = [[info.id, info.status, info.method, info.dataset, info.base_model, timestamp(info.created_at),
              duration(info.elapsed) if info.max_steps else "-", number(info.train_loss), number(info.eval_loss),
-             info.reason or ""] for info in infos]
+             _win_rate(info.id), info.reason or ""] for info in infos]
 
     def keep(value):
         return value if value in ids else None
@@ -120,6 +115,11 @@ def refresh(compare: list | None, diff_a: str | None, diff_b: str | None, select
             gr.Dropdown(choices=ids, value=[r for r in (compare or []) if r in ids]),
             gr.Dropdown(choices=ids, value=keep(diff_a)), gr.Dropdown(choices=ids, value=keep(diff_b)),
             gr.Dropdown(choices=ids, value=keep(selected) or (ids[0] if ids else None)))
+
+
+def _win_rate(run_id: str) -> str:
+    tally = votes.win_rate(run_id)
+    return "-" if not tally.votes else f"{tally.rate:.0%} of {tally.votes}"
 
 
 # --- curves and diff ---------------------------------------------------------------------------------------------
@@ -173,9 +173,7 @@ def adapter_zip(run_id: str | None):
     if missing or info.status not in runs.FINISHED:
         raise gr.Error(f"Run {run_id} has no adapter to download yet ({info.status}"
                        + (f"; missing {', '.join(missing)}" if missing else "") + ").")
-    _prune_old_downloads()
-    target = DOWNLOADS / secrets.token_hex(12) / f"phi3lora-{run_id}-adapter.zip"
-    target.parent.mkdir(parents=True)
+    target = download_path(f"phi3lora-{run_id}-adapter.zip")
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name in ADAPTER_FILES:
             archive.write(folder / name, name)
@@ -201,17 +199,6 @@ from transformers import AutoModelForCausalLM
 model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}"), "path/to/this/folder")
 ```
 """
-
-
-def _prune_old_downloads() -> None:
-    if not DOWNLOADS.is_dir():
-        return
-    for folder in DOWNLOADS.iterdir():
-        try:
-            if time.time() - folder.stat().st_mtime > DOWNLOAD_MAX_AGE:
-                shutil.rmtree(folder, ignore_errors=True)
-        except FileNotFoundError:
-            continue
 
 
 # --- export of a merged model (phi3lora.export runs it in its own process) ------------------------------------------
