@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import data, runs
+from . import data, limits, runs
 from .config import JobConfig
 from .errors import UserError
 from .modeling import resolve_job
@@ -120,27 +120,45 @@ def log_tail(run_id: str, max_bytes: int = 4000) -> str:
 
 # --- start, cancel, resume, wait, delete ------------------------------------------------------------------
 
-def start_run(config: JobConfig) -> str:
-    """Check the dataset, snapshot it into a new run folder, and queue the run. Returns the run id."""
+def start_run(config: JobConfig, owner: str | None = None) -> str:
+    """Check the dataset, snapshot it into a new run folder, and queue the run. Returns the run id.
+    `owner` (who started it, see access.py) is recorded with the run."""
     if not config.data.path:
         raise UserError("no dataset: set data.path (--data)")
     dataset = data.read_dataset(config.data.path, config.data.format)
     data.usable_conversations(dataset, drop_invalid=config.data.drop_invalid)  # refuse bad data now, not in a failed run
+    config, _ = resolve_job(config)  # the YAML holds every setting the run will use, model defaults included
+    _check_limits(config, dataset.records, owner)
 
     run_id = runs.new_run_id()
     path = runs.runs_root() / run_id
     snapshot = path / "dataset" / Path(config.data.path).name
     snapshot.parent.mkdir(parents=True)
     shutil.copyfile(config.data.path, snapshot)
-    config, _ = resolve_job(config)  # the YAML holds every setting the run will use, model defaults included
     config.data.path = str(snapshot)
     (path / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     write_record(path / "run.json", {
         "id": run_id, "created_at": time.time(), "method": config.method,
-        "base_model": config.model.base_model, "dataset": snapshot.name,
+        "base_model": config.model.base_model, "dataset": snapshot.name, "owner": owner,
     })
     _queue_attempt(path, resume=False)
     return run_id
+
+
+def _check_limits(config: JobConfig, records: int, owner: str | None) -> None:
+    """The operator's limits (limits.py) and the remote-code switch; each refusal names what it enforces."""
+    limits.check("PHI3LORA_MAX_RECORDS", records, "the dataset's record count")
+    limits.check("PHI3LORA_MAX_SEQ_LENGTH", config.training_config.max_length, "training_config.max_length")
+    if owner is not None:
+        active = sum(1 for info in list_runs() if info.status in (QUEUED, RUNNING) and _owner(info.id) == owner)
+        limits.check("PHI3LORA_MAX_QUEUED_PER_USER", active + 1, "your number of queued and running runs")
+    if config.model.trust_remote_code and os.environ.get("PHI3LORA_ALLOW_REMOTE_CODE", "").strip() != "1":
+        raise UserError("model.trust_remote_code: this server does not run code from model repositories "
+                        "(its owner can allow it with PHI3LORA_ALLOW_REMOTE_CODE=1)")
+
+
+def _owner(run_id: str) -> str | None:
+    return (read_record(runs.run_dir(run_id) / "run.json") or {}).get("owner")
 
 
 def cancel_run(run_id: str) -> str:

@@ -70,7 +70,7 @@ def _wait_until_up(server: AppServer, timeout: float) -> None:
         if not server.alive():
             raise RuntimeError(f"app.py exited with {server.process.returncode}:\n{server.log_text()[-3000:]}")
         try:
-            if httpx.get(server.url + "/gradio_api/info", timeout=2).status_code == 200:
+            if httpx.get(server.url + "/gradio_api/info", timeout=2).status_code in (200, 401):  # 401: up, behind a login
                 return
         except httpx.HTTPError:
             pass

@@ -1,18 +1,37 @@
 """The Blocks app: four tabs (Data, Train, Runs, Compare) and the API endpoints, wired to the core."""
 from __future__ import annotations
 
+import os
+
 import gradio as gr
+
+from ..runs import data_root
 
 from . import compare_tab, data_tab, runs_tab, train_tab
 from .common import prune_uploads, remove_folder
+from .visitors import policy
 
 TITLE = "phi3lora: fine-tune Phi-3 with LoRA / QLoRA"
+
+
+def _space_header() -> None:
+    """On a Hugging Face Space: the sign-in button when training needs it, and a warning when runs live on the
+    Space's own disk, which a restart wipes."""
+    if not os.environ.get("SPACE_ID"):
+        return
+    if policy().login_required and os.environ.get("OAUTH_CLIENT_ID"):  # set by Spaces whose card has hf_oauth
+        gr.LoginButton()
+    if not os.environ.get("PHI3LORA_HOME"):
+        gr.Markdown(f"⚠️ **Runs are kept on this Space's own disk ({data_root()}) and vanish when it "
+                    "restarts.** Mount a storage bucket and set PHI3LORA_HOME to its path (README: Deploy as a "
+                    "Space).", elem_id="storage-warning")
 
 
 def build_app() -> gr.Blocks:
     prune_uploads()
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"## {TITLE}")
+        _space_header()
         # Each visitor's uploads go to a private folder of their own, removed when their session ends.
         # (A callable initial value would add a public load endpoint, so the handlers create the folder.)
         upload_dir = gr.State(None, delete_callback=remove_folder)

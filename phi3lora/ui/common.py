@@ -114,17 +114,17 @@ def take_upload(cached: str, folder: str | Path) -> Path:
     Gradio serves anything in its cache to anyone who has the URL; the data root is never served."""
     source = Path(cached)
     if source.suffix.lower() not in SUPPORTED_EXTENSIONS:
-        _forget_cached(source)
+        forget_cached(source)
         raise gr.Error(f"{source.name}: unsupported file type; upload {', '.join(SUPPORTED_EXTENSIONS)}")
     target_dir = Path(folder)
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / source.name
     shutil.copyfile(source, target)
-    _forget_cached(source)
+    forget_cached(source)
     return target
 
 
-def _forget_cached(path: Path) -> None:
+def forget_cached(path: Path) -> None:
     cache = Path(gr.utils.get_upload_folder()).resolve()
     resolved = path.resolve()
     if not resolved.is_relative_to(cache) or resolved == cache:

@@ -5,7 +5,6 @@ One `ChatService` serves every visitor: one base model in memory, loaded by the 
 """
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -14,9 +13,12 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from .. import evaluation, votes
+from .. import evaluation, limits, votes
+from ..runs import RunNotFound, runs_root
+from ..access import Visitor
 from ..chat import BASE_COLUMN, AdapterChoice, ChatService, download_hub_adapter, import_adapter_zip, run_adapters
 from .common import download_path, hub_reachable, shows_errors
+from .visitors import policy, require_run, require_training, visitor_of
 
 MAX_ADAPTER_COLUMNS = 3
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -24,8 +26,7 @@ SERVICE = ChatService()
 
 
 def max_new_tokens_limit() -> int:
-    """$PHI3LORA_MAX_NEW_TOKENS: the most tokens one answer may have (default 512)."""
-    return int(os.environ.get("PHI3LORA_MAX_NEW_TOKENS") or 512)
+    return limits.limit("PHI3LORA_MAX_NEW_TOKENS")
 
 
 @dataclass
@@ -188,11 +189,12 @@ def wire(tab: CompareTab, tab_item: gr.Tab) -> None:
                       [tab.temperature, tab.top_p], **private)
 
     sampling = [tab.greedy, tab.temperature, tab.top_p, tab.max_new_tokens, tab.seed, tab.four_bit]
+    chatting = {**private, **chat_queue()}
     chat_inputs = [tab.shown, tab.added, tab.system, *sampling, *tab.chats]
     for trigger in (tab.send_button.click, tab.prompt.submit):
-        trigger(send, [tab.prompt, *chat_inputs], [tab.prompt, *tab.chats], **private).then(
+        trigger(send, [tab.prompt, *chat_inputs], [tab.prompt, *tab.chats], **chatting).then(
             SERVICE.status, None, [tab.model_status], **private)
-    tab.regenerate_button.click(regenerate, chat_inputs, tab.chats, **private).then(
+    tab.regenerate_button.click(regenerate, chat_inputs, tab.chats, **chatting).then(
         SERVICE.status, None, [tab.model_status], **private)
     tab.clear_button.click(lambda: [[]] * len(tab.chats), None, tab.chats, **private)
     tab.release_button.click(release, None, [tab.model_status], **private)
@@ -201,9 +203,9 @@ def wire(tab: CompareTab, tab_item: gr.Tab) -> None:
     blind.generate_button.click(blind_generate, [blind.contender_a, blind.contender_b, blind.prompt, tab.added,
                                                  tab.system, *sampling],
                                 [blind.pair, blind.answer_a, blind.answer_b, blind.result,
-                                 *blind.vote_buttons.values()], **private)
+                                 *blind.vote_buttons.values()], **chatting)
     for outcome, button in blind.vote_buttons.items():
-        button.click(lambda pair, outcome=outcome: record_vote(pair, outcome), [blind.pair],
+        button.click(vote_for(outcome), [blind.pair],
                      [blind.pair, blind.result, *blind.vote_buttons.values()], **private)
 
     held_out = tab.evaluation
@@ -219,21 +221,31 @@ def add_api() -> None:
     system = gr.Textbox(label="system", visible=False)
     max_new = gr.Number(label="max_new_tokens", value=DEFAULT_MAX_NEW_TOKENS, precision=0, visible=False)
     answers = gr.JSON(label="answers", visible=False)
-    gr.Button(visible=False).click(compare_api, [prompt, adapters, system, max_new], [answers], api_name="compare")
+    gr.Button(visible=False).click(compare_api, [prompt, adapters, system, max_new], [answers], api_name="compare",
+                                   **chat_queue())
+
+
+def chat_queue() -> dict:
+    """Every event that generates shares one queue: at most $PHI3LORA_CHAT_CONCURRENCY generating at once."""
+    return {"concurrency_limit": limits.limit("PHI3LORA_CHAT_CONCURRENCY"), "concurrency_id": "chat"}
 
 
 # --- picking adapters ------------------------------------------------------------------------------------------
 
-def adapter_options(added: dict[str, AdapterChoice]) -> list[tuple[str, str]]:
-    """(label, ref) for every adapter that can be picked: this session's additions, then runs, newest first."""
-    return [(c.label, c.ref) for c in added.values()] + [(c.label, c.ref) for c in run_adapters()]
+def adapter_options(added: dict[str, AdapterChoice], visitor: Visitor) -> list[tuple[str, str]]:
+    """(label, ref) for every adapter the visitor may pick: this session's additions, then runs, newest first."""
+    rules = policy()
+    runs_allowed = [c for c in run_adapters() if rules.may_chat_with(visitor, c.ref.removeprefix("run:"))]
+    return [(c.label, c.ref) for c in added.values()] + [(c.label, c.ref) for c in runs_allowed]
 
 
 @shows_errors
 def refresh_choices(added: dict, picked: list[str] | None, contender_a: str | None, contender_b: str | None,
-                    evaluated: str | None):
-    options = adapter_options(added)
-    run_ids = [ref.removeprefix("run:") for _, ref in options if ref.startswith("run:")]
+                    evaluated: str | None, request: gr.Request):
+    visitor = visitor_of(request)
+    options = adapter_options(added, visitor)
+    run_ids = [ref.removeprefix("run:") for _, ref in options
+               if ref.startswith("run:") and policy().owns(visitor, ref.removeprefix("run:"))]
     refs = {ref for _, ref in options}
     contenders = [("Base model", BASE_COLUMN), *options]
     keep = [ref for ref in picked or [] if ref in refs]
@@ -244,41 +256,44 @@ def refresh_choices(added: dict, picked: list[str] | None, contender_a: str | No
             gr.Dropdown(choices=run_ids, value=evaluated if evaluated in run_ids else (run_ids[0] if run_ids else None)))
 
 
-def _pick(added: dict, picked: list[str] | None, choice: AdapterChoice):
+def _pick(added: dict, picked: list[str] | None, choice: AdapterChoice, visitor: Visitor):
     added = {**added, choice.ref: choice}
     picked = list(picked or [])
     if choice.ref not in picked and len(picked) < MAX_ADAPTER_COLUMNS:
         picked.append(choice.ref)
-    return added, gr.Dropdown(choices=adapter_options(added), value=picked)
+    return added, gr.Dropdown(choices=adapter_options(added, visitor), value=picked)
 
 
 @shows_errors
-def add_zip(path: str | None, added: dict, picked: list[str] | None):
+def add_zip(path: str | None, added: dict, picked: list[str] | None, request: gr.Request):
+    visitor = require_training(request, "add adapters")
     if not path:
         raise gr.Error("Choose an adapter zip first.")
-    added, dropdown = _pick(added, picked, import_adapter_zip(path))
+    added, dropdown = _pick(added, picked, import_adapter_zip(path), visitor)
     return added, dropdown, None
 
 
 @shows_errors
-def add_hub(repo_id: str, added: dict, picked: list[str] | None):
+def add_hub(repo_id: str, added: dict, picked: list[str] | None, request: gr.Request):
+    visitor = require_training(request, "add adapters")
     if not repo_id.strip():
         raise gr.Error("Type a hub adapter id (owner/name) first.")
     unreachable = hub_reachable()
     if unreachable:
         raise gr.Error(f"Cannot fetch {repo_id.strip()}: {unreachable}. Upload the adapter as a zip instead.")
-    return _pick(added, picked, download_hub_adapter(repo_id))
+    return _pick(added, picked, download_hub_adapter(repo_id), visitor)
 
 
 def show_columns(picked: list[str] | None, added: dict, shown: list[str], *chats):
     """One column per picked adapter, labelled with it; a column whose adapter changed starts a fresh history."""
-    labels = {ref: label for label, ref in adapter_options(added)}
+    labels = {choice.ref: choice.label for choice in added.values()}
     picked = list(picked or [])[:MAX_ADAPTER_COLUMNS]
     updates = []
     for slot in range(MAX_ADAPTER_COLUMNS):
         ref = picked[slot] if slot < len(picked) else None
         unchanged = slot < len(shown) and shown[slot] == ref
-        updates.append(gr.Chatbot(visible=ref is not None, label=labels.get(ref, ref or f"Adapter {slot + 1}"),
+        label = labels.get(ref) or (_contender_name(ref) if ref else f"Adapter {slot + 1}")
+        updates.append(gr.Chatbot(visible=ref is not None, label=label,
                                   value=chats[slot + 1] if unchanged else []))
     return picked, gr.skip(), *updates
 
@@ -304,15 +319,21 @@ def _turns(history: list[dict] | None) -> list[dict]:
 def _sampling(greedy: bool, temperature: float, top_p: float, max_new_tokens: float, seed: float | None) -> dict:
     limit = max_new_tokens_limit()
     if not max_new_tokens or not 1 <= max_new_tokens <= limit:
-        raise gr.Error(f"max new tokens must be between 1 and {limit} (the server's limit), got {max_new_tokens}")
+        raise gr.Error(f"max new tokens must be between 1 and {limit} (the server's limit, PHI3LORA_MAX_NEW_TOKENS), "
+                       f"got {max_new_tokens}")
     return {"max_new_tokens": int(max_new_tokens), "temperature": 0.0 if greedy else float(temperature),
             "top_p": float(top_p), "seed": None if seed is None else int(seed)}
 
 
-def _stream_columns(columns: list[str], histories: list[list[dict]], added: dict, system: str,
+def _stream_columns(visitor: Visitor, columns: list[str], histories: list[list[dict]], added: dict, system: str,
                     greedy, temperature, top_p, max_new_tokens, seed, four_bit):
     """Stream answers into histories (each ending with the user's turn); yields the histories after each token."""
+    rules = policy()
+    rules.require_chat(visitor)
     sampling = _sampling(greedy, temperature, top_p, max_new_tokens, seed)
+    for ref in columns:
+        if ref.startswith("run:") and not rules.may_chat_with(visitor, ref.removeprefix("run:")):
+            raise RunNotFound(f"no run {ref.removeprefix('run:')} under {runs_root()}")  # as if it did not exist
     adapters = SERVICE.resolve([c for c in columns if c != BASE_COLUMN], added)
     head = [{"role": "system", "content": system.strip()}] if system and system.strip() else []
     conversations = [head + _turns(history) for history in histories]
@@ -337,20 +358,20 @@ def _all_chats(histories: list[list[dict]], chats: tuple) -> list:
 
 @shows_errors
 def send(prompt: str, shown: list[str], added: dict, system: str, greedy, temperature, top_p, max_new_tokens, seed,
-         four_bit, *chats):
+         four_bit, request: gr.Request, *chats):
     if not prompt or not prompt.strip():
         raise gr.Error("Type a prompt first.")
     columns, histories = _columns_and_histories(shown, chats)
     for history in histories:
         history.append({"role": "user", "content": prompt})
-    for histories in _stream_columns(columns, histories, added, system, greedy, temperature, top_p,
-                                     max_new_tokens, seed, four_bit):
+    for histories in _stream_columns(visitor_of(request), columns, histories, added, system, greedy, temperature,
+                                     top_p, max_new_tokens, seed, four_bit):
         yield "", *_all_chats(histories, chats)
 
 
 @shows_errors
 def regenerate(shown: list[str], added: dict, system: str, greedy, temperature, top_p, max_new_tokens, seed,
-               four_bit, *chats):
+               four_bit, request: gr.Request, *chats):
     """Answer each column's last prompt again, in place of its last answer."""
     columns, histories = _columns_and_histories(shown, chats)
     for history in histories:
@@ -360,60 +381,66 @@ def regenerate(shown: list[str], added: dict, system: str, greedy, temperature, 
         raise gr.Error("Nothing to regenerate yet: send a prompt first.")
     if not all(histories):
         raise gr.Error("A column has no prompt to answer (it was added after the last one): send a new prompt.")
-    for histories in _stream_columns(columns, histories, added, system, greedy, temperature, top_p,
-                                     max_new_tokens, seed, four_bit):
+    for histories in _stream_columns(visitor_of(request), columns, histories, added, system, greedy, temperature,
+                                     top_p, max_new_tokens, seed, four_bit):
         yield _all_chats(histories, chats)
 
 
 @shows_errors
-def release() -> str:
+def release(request: gr.Request) -> str:
+    require_training(request, "release the chat model")
     released = SERVICE.release()
     return ("Released the model from memory. " if released else "") + SERVICE.status()
 
 
 @shows_errors
-def compare_api(prompt: str, adapters: str, system: str, max_new_tokens: float | None):
+def compare_api(prompt: str, adapters: str, system: str, max_new_tokens: float | None, request: gr.Request):
     """For gradio_client. adapters: run ids or adapter refs, comma separated (empty: the newest run's adapter).
     Returns {"base": answer, <run id or ref>: answer, ...}."""
     if not prompt or not prompt.strip():
         raise gr.Error("prompt is empty")
+    max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    _sampling(True, 0, 1, max_new_tokens, None)  # a bad request is refused before any adapter is looked up
     refs = [a.strip() for a in (adapters or "").split(",") if a.strip()]
     refs = [ref if ":" in ref else f"run:{ref}" for ref in refs]
+    visitor = visitor_of(request)
     if not refs:
-        newest = run_adapters()
+        newest = [ref for _, ref in adapter_options({}, visitor)]
         if not newest:
             raise gr.Error("No run has an adapter yet: train one first, or name an adapter.")
-        refs = [newest[0].ref]
+        refs = newest[:1]
     if len(refs) > MAX_ADAPTER_COLUMNS:
         raise gr.Error(f"at most {MAX_ADAPTER_COLUMNS} adapters at once, got {len(refs)}")
     columns = [BASE_COLUMN, *refs]
     histories = [[{"role": "user", "content": prompt}] for _ in columns]
     keys = [BASE_COLUMN] + [ref.removeprefix("run:") for ref in refs]
-    for histories in _stream_columns(columns, histories, {}, system, True, 0, 1, max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
-                                     None, False):
+    for histories in _stream_columns(visitor, columns, histories, {}, system, True, 0, 1, max_new_tokens, None,
+                                     False):
         yield {key: history[-1]["content"] for key, history in zip(keys, histories)}
 
 
 # --- held-out evaluation -------------------------------------------------------------------------------------------
 
 @shows_errors
-def start_evaluation(run_id: str | None, samples: float | None):
+def start_evaluation(run_id: str | None, samples: float | None, request: gr.Request):
     if not run_id:
         raise gr.Error("Pick a run first.")
+    require_run(request, run_id, "evaluate")
     samples = int(samples or 0)
     if evaluation.should_run_in_background(run_id):
         evaluation.start_evaluation(run_id, samples)
     else:
         evaluation.evaluate_run(run_id, samples, log=lambda *_: None)
-    return show_evaluation(run_id)
+    return show_evaluation(run_id, request)
 
 
 @shows_errors
-def show_evaluation(run_id: str | None):
+def show_evaluation(run_id: str | None, request: gr.Request):
     """The run's last evaluation: figures, sample table and CSV; the timer runs while one is in progress."""
     empty = pd.DataFrame(columns=list(evaluation.CSV_COLUMNS))
     if not run_id:
         return "", empty, gr.File(visible=False), gr.Timer(active=False)
+    require_run(request, run_id)
     status = evaluation.evaluation_status(run_id)
     if status["status"] == "running":
         return (f"Evaluating run {run_id} in the background…", empty, gr.File(visible=False), gr.Timer(active=True))
@@ -442,7 +469,7 @@ def _vote_buttons(active: bool) -> list:
 
 @shows_errors
 def blind_generate(first: str | None, second: str | None, prompt: str, added: dict, system: str, greedy, temperature,
-                   top_p, max_new_tokens, seed, four_bit):
+                   top_p, max_new_tokens, seed, four_bit, request: gr.Request):
     if not first or not second:
         raise gr.Error("Pick two contenders first.")
     if first == second:
@@ -453,8 +480,8 @@ def blind_generate(first: str | None, second: str | None, prompt: str, added: di
     random.shuffle(pair)  # the order is the blind part: nothing on the page says which is which until the vote
     histories = [[{"role": "user", "content": prompt}] for _ in pair]
     hidden = "Answers are being written…"
-    for histories in _stream_columns(pair, histories, added, system, greedy, temperature, top_p, max_new_tokens,
-                                     seed, four_bit):
+    for histories in _stream_columns(visitor_of(request), pair, histories, added, system, greedy, temperature, top_p,
+                                     max_new_tokens, seed, four_bit):
         yield None, histories[0][-1]["content"], histories[1][-1]["content"], hidden, *_vote_buttons(False)
     yield [*pair, prompt], gr.skip(), gr.skip(), "Which answer is better?", *_vote_buttons(True)
 
@@ -468,10 +495,18 @@ def _run_id(ref: str) -> str:
     return ref.removeprefix("run:") if ref.startswith("run:") else votes.BASE_CONTENDER if ref == BASE_COLUMN else ""
 
 
-@shows_errors
-def record_vote(pair: list[str] | None, outcome: str):
+def vote_for(outcome: str):
+    """The handler of one vote button."""
+    @shows_errors
+    def vote(pair: list[str] | None, request: gr.Request):
+        return record_vote(pair, outcome, request)
+    return vote
+
+
+def record_vote(pair: list[str] | None, outcome: str, request: gr.Request):
     if not pair:
         raise gr.Error("Generate a pair of answers first.")
+    policy().require_chat(visitor_of(request))
     first, second, prompt = pair
     a, b = _run_id(first), _run_id(second)
     lines = [f"**A** was {_contender_name(first)}, **B** was {_contender_name(second)}."]

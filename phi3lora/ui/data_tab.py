@@ -21,6 +21,7 @@ from ..modeling import ModelLoadError, choose_base_model, load_tokenizer
 from .common import (
     bundled_datasets,
     describe_size,
+    forget_cached,
     hub_reachable,
     max_upload_bytes,
     max_upload_mb,
@@ -28,6 +29,7 @@ from .common import (
     take_upload,
     uploads_root,
 )
+from .visitors import require_training
 
 PREVIEW_CONVERSATIONS = 50  # how many the preview picker offers
 HISTOGRAM_BINS = 24
@@ -137,9 +139,10 @@ def session_folder(folder: str | None) -> str:
 
 
 @shows_errors
-def use_upload(cached: str | None, folder: str | None):
+def use_upload(cached: str | None, folder: str | None, request: gr.Request):
     if not cached:
         raise gr.Error("No file arrived; upload it again.")
+    refuse_upload_unless_allowed(request, cached)
     folder = session_folder(folder)
     path = take_upload(cached, folder)
     # The cached copy is gone, so the upload box is cleared; the summary names the dataset instead.
@@ -155,7 +158,8 @@ def use_bundled(name: str | None):
 
 
 @shows_errors
-def use_hub(dataset_id: str, folder: str | None, max_rows: int = 100_000):
+def use_hub(dataset_id: str, folder: str | None, request: gr.Request, max_rows: int = 100_000):
+    require_training(request, "load datasets")
     folder = session_folder(folder)
     dataset_id = (dataset_id or "").strip()
     if not HUB_ID.match(dataset_id):
@@ -186,6 +190,15 @@ def use_hub(dataset_id: str, folder: str | None, max_rows: int = 100_000):
     except Exception as error:  # noqa: BLE001 - the hub raises many kinds: not found, gated, no such split, network
         raise gr.Error(f"Cannot load {dataset_id} from the hub: {str(error).splitlines()[0]}") from None
     return {"path": str(target), "name": f"{dataset_id} (hub)", "source": "Hugging Face hub"}, folder, None
+
+
+def refuse_upload_unless_allowed(request: gr.Request, cached: str) -> None:
+    """Uploads are for those who may train; anyone else's file is removed from Gradio's cache at once."""
+    try:
+        require_training(request, "upload datasets")
+    except UserError:
+        forget_cached(Path(cached))
+        raise
 
 
 # --- analysing it ----------------------------------------------------------------------------------------------
@@ -320,11 +333,12 @@ def conversation_views(previews: list, index: int, tokenizer) -> tuple[list[dict
 # --- API --------------------------------------------------------------------------------------------------------
 
 @shows_errors
-def validate_dataset(file: str | None) -> dict:
+def validate_dataset(file: str | None, request: gr.Request) -> dict:
     """Check a dataset file: detected format, counts, every problem with its record number, token statistics
     (tokenizer of the default base model, max length 2048). Raises when nothing in it can be trained on."""
     if not file:
         raise gr.Error("No file: pass the dataset file (e.g. gradio_client.handle_file('data.jsonl')).")
+    refuse_upload_unless_allowed(request, file)
     folder = uploads_root() / f"api-{secrets.token_hex(12)}"
     try:
         path = take_upload(file, folder)

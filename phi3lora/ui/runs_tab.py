@@ -10,7 +10,9 @@ import gradio as gr
 import pandas as pd
 import yaml
 
-from .. import export, jobs, runs, votes
+from .. import access, export, jobs, runs, votes
+from ..access import AccessDenied
+from .visitors import policy, require_run, visitor_of
 from .common import download_path, duration, method_name, number, shows_errors, timestamp
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "config.yaml")
@@ -38,6 +40,7 @@ class RunsTab:
     confirm_text: gr.Markdown
     confirm_button: gr.Button
     keep_button: gr.Button
+    publish_button: gr.Button
 
     @property
     def run_pickers(self) -> list[gr.Dropdown]:
@@ -49,7 +52,7 @@ def build() -> RunsTab:
         gr.Markdown("Every training run on this server, newest first.")
         refresh_button = gr.Button("Refresh", size="sm", scale=0, min_width=100)
     table = gr.Dataframe(pd.DataFrame(columns=COLUMNS), interactive=False, wrap=True, max_height=320,
-                         column_widths=["17%", "8%", "6%", "12%", "9%", "12%", "7%", "7%", "7%", "15%"])
+                         column_widths=["15%", "8%", "6%", "11%", "9%", "11%", "6%", "7%", "7%", "8%", "12%"])
     with gr.Row(equal_height=False):
         with gr.Column():
             compare = gr.Dropdown([], multiselect=True, label="Overlay the loss curves of")
@@ -66,6 +69,8 @@ def build() -> RunsTab:
             zip_button = gr.Button("Download adapter (.zip)", scale=1)
             export_button = gr.Button("Export merged model", scale=1)
             delete_button = gr.Button("Delete run…", variant="stop", scale=1)
+            # Only where visitors who may not train may chat with published adapters ($PHI3LORA_PUBLIC_CHAT).
+            publish_button = gr.Button("Publish for visitors' chat", scale=1, visible=policy().public_chat)
         zip_file = gr.File(label="Adapter zip", interactive=False, visible=False)
         exports = gr.Markdown("", padding=True)
         with gr.Row(visible=False) as confirm_row:
@@ -74,7 +79,7 @@ def build() -> RunsTab:
             keep_button = gr.Button("Keep it", scale=0, min_width=100)
     return RunsTab(refresh_button, table, compare, curves, diff_a, diff_b, diff, selected, zip_button, zip_file,
                    export_button, exports, gr.Timer(3.0, active=False), delete_button, confirm_row, confirm_text,
-                   confirm_button, keep_button)
+                   confirm_button, keep_button, publish_button)
 
 
 def wire(tab: RunsTab, tab_item: gr.Tab, demo: gr.Blocks) -> None:
@@ -92,6 +97,7 @@ def wire(tab: RunsTab, tab_item: gr.Tab, demo: gr.Blocks) -> None:
     tab.export_timer.tick(show_exports, [tab.selected], exports_view, show_progress="hidden", **private)
     tab.export_button.click(start_export, [tab.selected], None, **private).success(
         show_exports, [tab.selected], exports_view, **private)
+    tab.publish_button.click(publish, [tab.selected], None, **private)
     tab.delete_button.click(ask_delete, [tab.selected], [tab.confirm_row, tab.confirm_text], **private)
     tab.keep_button.click(lambda: gr.Row(visible=False), None, [tab.confirm_row], **private)
     tab.confirm_button.click(delete, [tab.selected], [tab.confirm_row], **private).success(
@@ -101,8 +107,10 @@ def wire(tab: RunsTab, tab_item: gr.Tab, demo: gr.Blocks) -> None:
 # --- the table ------------------------------------------------------------------------------------------------
 
 @shows_errors
-def refresh(compare: list | None, diff_a: str | None, diff_b: str | None, selected: str | None):
-    infos = jobs.list_runs()
+def refresh(compare: list | None, diff_a: str | None, diff_b: str | None, selected: str | None,
+            request: gr.Request):
+    visitor, rules = visitor_of(request), policy()
+    infos = [info for info in jobs.list_runs() if rules.owns(visitor, info.id)]
     ids = [info.id for info in infos]
     rows = [[info.id, info.status, info.method, info.dataset, info.base_model, timestamp(info.created_at),
              duration(info.elapsed) if info.max_steps else "-", number(info.train_loss), number(info.eval_loss),
@@ -125,7 +133,9 @@ def _win_rate(run_id: str) -> str:
 # --- curves and diff ---------------------------------------------------------------------------------------------
 
 @shows_errors
-def overlay(run_ids: list | None):
+def overlay(run_ids: list | None, request: gr.Request):
+    for run_id in run_ids or []:
+        require_run(request, run_id)
     return _curves(run_ids or [])
 
 
@@ -141,9 +151,11 @@ def _curves(run_ids: list[str]) -> pd.DataFrame | None:
 
 
 @shows_errors
-def config_diff(run_a: str | None, run_b: str | None):
+def config_diff(run_a: str | None, run_b: str | None, request: gr.Request):
     if not run_a or not run_b:
         return pd.DataFrame(columns=["setting", "A", "B"])
+    require_run(request, run_a)
+    require_run(request, run_b)
     a, b = _flat_config(run_a), _flat_config(run_b)
     rows = [[key, _show(a.get(key)), _show(b.get(key))] for key in dict.fromkeys([*a, *b]) if a.get(key) != b.get(key)]
     if not rows:
@@ -164,9 +176,10 @@ def _show(value) -> str:
 # --- download and delete -------------------------------------------------------------------------------------------
 
 @shows_errors
-def adapter_zip(run_id: str | None):
+def adapter_zip(run_id: str | None, request: gr.Request):
     if not run_id:
         raise gr.Error("Pick a run first.")
+    require_run(request, run_id)
     info = jobs.run_info(run_id)
     folder = Path(info.path)
     missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
@@ -204,17 +217,20 @@ model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}")
 # --- export of a merged model (phi3lora.export runs it in its own process) ------------------------------------------
 
 @shows_errors
-def start_export(run_id: str | None):
+def start_export(run_id: str | None, request: gr.Request):
     if not run_id:
         raise gr.Error("Pick a run first.")
+    require_run(request, run_id, "export models")
     number = export.start_export(run_id)
     gr.Info(f"Export {number} of run {run_id} started in the background: merging loads the whole base model, "
             "so it can take minutes.")
 
 
 @shows_errors
-def show_exports(run_id: str | None):
+def show_exports(run_id: str | None, request: gr.Request):
     try:
+        if run_id:
+            require_run(request, run_id)
         infos = export.export_status(run_id) if run_id else []
     except runs.RunNotFound:
         infos = []
@@ -231,9 +247,21 @@ def show_exports(run_id: str | None):
 
 
 @shows_errors
-def ask_delete(run_id: str | None):
+def publish(run_id: str | None, request: gr.Request):
     if not run_id:
         raise gr.Error("Pick a run first.")
+    visitor = require_run(request, run_id, "publish adapters")
+    if not policy().is_owner(visitor):
+        raise AccessDenied("Only the owner of this Space publishes adapters.")
+    access.publish(run_id)
+    gr.Info(f"Visitors may now chat with the adapter of run {run_id}.")
+
+
+@shows_errors
+def ask_delete(run_id: str | None, request: gr.Request):
+    if not run_id:
+        raise gr.Error("Pick a run first.")
+    require_run(request, run_id, "delete runs")
     info = jobs.run_info(run_id)
     if info.status in (runs.QUEUED, runs.RUNNING):
         raise gr.Error(f"Run {run_id} is {info.status}: cancel it on the Train tab first.")
@@ -242,9 +270,10 @@ def ask_delete(run_id: str | None):
 
 
 @shows_errors
-def delete(run_id: str | None):
+def delete(run_id: str | None, request: gr.Request):
     if not run_id:
         raise gr.Error("Pick a run first.")
+    require_run(request, run_id, "delete runs")
     jobs.delete_run(run_id)
     gr.Info(f"Run {run_id} deleted.")
     return gr.Row(visible=False)

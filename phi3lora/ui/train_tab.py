@@ -19,6 +19,7 @@ import yaml
 from .. import jobs, runs
 from ..config import PHI3_EMBEDDING_MODULE, PHI3_LINEAR_MODULES, SECTIONS, ConfigError, JobConfig, field_help
 from ..modeling import DEFAULT_GPU_MODEL, DEMO_TRAINING_DEFAULTS, choose_base_model
+from .visitors import policy, require_run, require_training, visitor_of
 from .common import bundled_datasets, method_name, duration, is_bundled, number, shows_errors, take_upload, uploads_root
 
 POLL_SECONDS = 2.0
@@ -249,10 +250,12 @@ def cli_settings(config: JobConfig) -> list[str]:
 
 
 @shows_errors
-def start(dataset, data_format, drop_invalid, eval_size, method, *values):
+def start(dataset, data_format, drop_invalid, eval_size, method, request: gr.Request, *values):
+    visitor = require_training(request)
     if not dataset:
         raise gr.Error("No dataset yet: upload or pick one on the Data tab first.")
-    run_id = jobs.start_run(form_config(dataset, data_format, drop_invalid, eval_size, method, values))
+    config = form_config(dataset, data_format, drop_invalid, eval_size, method, values)
+    run_id = jobs.start_run(config, owner=visitor.owner_key)
     gr.Info(f"Run {run_id} queued; it starts as soon as the GPU is free.")
     return jobs.RunWatcher(run_id)
 
@@ -260,9 +263,11 @@ def start(dataset, data_format, drop_invalid, eval_size, method, *values):
 # --- watching a run -------------------------------------------------------------------------------------------
 
 @shows_errors
-def reattach():
+def reattach(request: gr.Request):
+    """The visitor's newest queued or running run (their own; the owner's: any)."""
+    visitor, rules = visitor_of(request), policy()
     for info in jobs.list_runs():  # newest first
-        if info.status in ACTIVE:
+        if info.status in ACTIVE and rules.owns(visitor, info.id):
             return jobs.RunWatcher(info.id)
     return None
 
@@ -334,17 +339,19 @@ def _figures(info: jobs.RunInfo) -> str:
 
 
 @shows_errors
-def cancel(watcher: jobs.RunWatcher | None):
+def cancel(watcher: jobs.RunWatcher | None, request: gr.Request):
     if watcher is None:
         raise gr.Error("No run on view to cancel.")
+    require_run(request, watcher.run_id, "cancel runs")
     jobs.cancel_run(watcher.run_id)
     gr.Info("Cancel requested: training stops at its next step and keeps the adapter as it stands.")
 
 
 @shows_errors
-def resume(watcher: jobs.RunWatcher | None):
+def resume(watcher: jobs.RunWatcher | None, request: gr.Request):
     if watcher is None:
         raise gr.Error("No run on view to resume.")
+    require_run(request, watcher.run_id, "resume runs")
     jobs.resume_run(watcher.run_id)
     gr.Info(f"Run {watcher.run_id} queued again; it continues from its newest checkpoint.")
 
@@ -377,10 +384,11 @@ def settings_config(text: str | None) -> JobConfig:
 
 
 @shows_errors
-def start_training(dataset_file: str | None, dataset: str | None, settings: str | None) -> str:
+def start_training(dataset_file: str | None, dataset: str | None, settings: str | None, request: gr.Request) -> str:
     """Queue a training run. dataset_file: an uploaded file; or dataset: the name (or path) of a dataset that
     ships with the app. settings: YAML/JSON overrides, e.g. {"model": {"base_model": "demo"},
     "training_config": {"max_steps": 6}}. Returns the run id."""
+    visitor = require_training(request)
     config = settings_config(settings)
     folder = uploads_root() / f"api-{secrets.token_hex(12)}"
     try:
@@ -392,7 +400,7 @@ def start_training(dataset_file: str | None, dataset: str | None, settings: str 
             raise gr.Error("No dataset: pass dataset_file (an upload) or dataset (one of "
                            f"{', '.join(bundled_datasets()) or 'none here'}).")
         config = config.with_overrides([f"data.path={json.dumps(str(path))}"])
-        return jobs.start_run(config)  # snapshots the file into the run folder
+        return jobs.start_run(config, owner=visitor.owner_key)  # snapshots the file into the run folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -408,15 +416,19 @@ def _bundled_path(name: str) -> Path:
 
 
 @shows_errors
-def run_status(run_id: str) -> dict:
+def run_status(run_id: str, request: gr.Request) -> dict:
     """Status, progress and latest figures of a run: jobs.RunInfo as a dict, less its server-side "path"
     (gradio_client would take any dict with a "path" string for a file and try to download it)."""
-    info = jobs.run_info((run_id or "").strip()).to_dict()
+    run_id = (run_id or "").strip()
+    require_run(request, run_id)
+    info = jobs.run_info(run_id).to_dict()
     info.pop("path")
     return info
 
 
 @shows_errors
-def cancel_training(run_id: str) -> str:
+def cancel_training(run_id: str, request: gr.Request) -> str:
     """Ask a queued or running run to stop; returns the status it had."""
-    return jobs.cancel_run((run_id or "").strip())
+    run_id = (run_id or "").strip()
+    require_run(request, run_id, "cancel runs")
+    return jobs.cancel_run(run_id)
