@@ -43,7 +43,7 @@ def test_compare_streams_token_by_token(trained):
     ("../../etc/passwd", 8, "is not a run id"),
     ("20991231-000000-abcdef", 8, "no run 20991231-000000-abcdef"),
     ("upload:nothing", 8, "unknown adapter 'upload:nothing'"),
-    (None, 100_000, "max new tokens must be between 1 and 64 (the server's limit)"),
+    (None, 100_000, "max new tokens must be between 1 and 64 (the server's limit, PHI3LORA_MAX_NEW_TOKENS)"),
 ])
 def test_bad_requests_get_a_message_and_the_server_stays_up(trained, adapters, tokens, message):
     client, run_id, server = trained
