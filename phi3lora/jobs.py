@@ -180,7 +180,7 @@ def resume_run(run_id: str) -> None:
     status, _ = runs.attempt_status(attempt) if attempt else (runs.INTERRUPTED, None)
     if status not in (FAILED, CANCELLED, runs.INTERRUPTED):
         raise RunStateError(f"run {run_id} is {status}: only a failed, cancelled or interrupted run can be resumed")
-    _refuse_while_exporting(run_id, "resumed")
+    _refuse_while_reading_the_adapter(run_id, "resumed")
     _queue_attempt(path, resume=True)
 
 
@@ -201,16 +201,19 @@ def delete_run(run_id: str) -> None:
     status, _ = runs.attempt_status(attempt) if attempt else (runs.INTERRUPTED, None)
     if status in (QUEUED, RUNNING):
         raise RunStateError(f"run {run_id} is {status}: cancel it first")
-    _refuse_while_exporting(run_id, "deleted")
+    _refuse_while_reading_the_adapter(run_id, "deleted")
     shutil.rmtree(path)
 
 
-def _refuse_while_exporting(run_id: str, what: str) -> None:
-    """A merge reads the adapter: it must not change or vanish underneath it."""
+def _refuse_while_reading_the_adapter(run_id: str, what: str) -> None:
+    """A merge and an evaluation read the adapter: it must not change or vanish underneath them."""
+    from .evaluation import evaluation_status
     from .export import export_status
 
     if any(export["status"] == RUNNING for export in export_status(run_id)):
         raise RunStateError(f"run {run_id} is being exported: it can be {what} once the export has finished")
+    if evaluation_status(run_id)["status"] == RUNNING:
+        raise RunStateError(f"run {run_id} is being evaluated: it can be {what} once the evaluation has finished")
 
 
 class RunWatcher:

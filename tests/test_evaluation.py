@@ -145,6 +145,8 @@ def test_a_background_evaluation_reports_running_then_completed(run_id, evaluate
     assert evaluation.evaluation_status(run_id)["status"] == "running"
     with pytest.raises(evaluation.EvaluationError, match=f"run {run_id} is already being evaluated"):
         evaluation.start_evaluation(run_id)
+    with pytest.raises(jobs.RunStateError, match=f"run {run_id} is being evaluated"):
+        jobs.delete_run(run_id)  # the evaluation reads the adapter: it must not vanish underneath it
     status = evaluation.wait_for_evaluation(run_id, timeout=300)
     assert status["status"] == "completed", (status, runs.log_tail(evaluation.evaluation_dir(run_id) / "evaluate.log"))
     result = evaluation.read_evaluation(run_id)
