@@ -87,9 +87,6 @@ class Policy:
         if action != "see":
             self.require_training(visitor, action)
 
-    def visible_runs(self, visitor: Visitor, run_ids: list[str]) -> list[str]:
-        return [run_id for run_id in run_ids if _exists(run_id) and self.owns(visitor, run_id)]
-
     # ---- chat
     def may_chat_with(self, visitor: Visitor, run_id: str) -> bool:
         if self.may_train(visitor) and self.owns(visitor, run_id):
@@ -99,14 +96,6 @@ class Policy:
     def require_chat(self, visitor: Visitor) -> None:
         if not (self.may_train(visitor) or self.public_chat):
             raise AccessDenied("Sign in with Hugging Face to chat: this Space keeps its models to allowed users.")
-
-
-def _exists(run_id: str) -> bool:
-    try:
-        runs.run_dir(run_id)
-    except runs.RunNotFound:
-        return False
-    return True
 
 
 def is_published(run_id: str) -> bool:
