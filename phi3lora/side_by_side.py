@@ -9,6 +9,12 @@ column (each with its own conversation) computed in ONE batched `generate`, text
 
 Columns are adapter names or BASE ("__base__", the plain base); peft's mixed adapter batches route every row
 through its own adapter. Prompts differ in length, so they are padded on the left.
+
+Streaming decodes incrementally: each step decodes only the last few tokens of a row (a window that starts one
+decoded chunk back, so that spaces and merges at the seam come out as in a full decode), and holds back a
+trailing incomplete UTF-8 character until its last byte arrives (a full decode would show U+FFFD meanwhile).
+Where the window holds bytes that are no UTF-8, that step decodes the whole row. At the end, the texts are
+compared with one full decode per row, and queued once more where they differ.
 """
 from __future__ import annotations
 
@@ -30,13 +36,15 @@ from .modeling import stop_token_ids
 __all__ = ["BASE", "ColumnStreamer", "SideBySide"]
 
 _DONE = object()
+_MAX_HELD = 8  # tokens a row's text may wait for (a UTF-8 character has 4 bytes at most); then shown as they are
 
 
 class ColumnStreamer(BaseStreamer):
     """Receives every row's new token each step and queues the decoded text of every row so far.
 
     The first `put` is the prompt and is skipped. A row's text ends at its first stop token: what generate
-    appends after it (padding, while other rows go on) is never shown."""
+    appends after it (padding, while other rows go on) is never shown. Decoding is incremental (see the module
+    docstring): a step costs a few tokens' decode per row, however long the answers grow."""
 
     def __init__(self, tokenizer, rows: int, stop_ids: list[int]):
         self.tokenizer = tokenizer
@@ -45,6 +53,11 @@ class ColumnStreamer(BaseStreamer):
         self.done = [False] * rows
         self.queue: Queue = Queue()
         self._prompt_seen = False
+        self._text = [""] * rows  # decode(tokens[:read]) of each row
+        self._prefix = [0] * rows  # a row's decode window starts here, one chunk of context before `read`
+        self._read = [0] * rows  # the tokens before this are in _text
+        self._context = [""] * rows  # decode(tokens[prefix:read])
+        self._last = [""] * rows  # the texts queued last
 
     def put(self, value: torch.Tensor) -> None:
         if not self._prompt_seen:
@@ -58,13 +71,37 @@ class ColumnStreamer(BaseStreamer):
                 self.done[row] = True
             else:
                 self.tokens[row].append(token)
-        self.queue.put(self.texts())
+                self._advance(row)
+        self._last = [text.strip() for text in self._text]
+        self.queue.put(self._last)
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def _advance(self, row: int) -> None:
+        """Append to the row's text what its tokens after `read` add, decoded with the context before them."""
+        tokens, prefix, read, context = self.tokens[row], self._prefix[row], self._read[row], self._context[row]
+        window = self._decode(tokens[prefix:])
+        if (window.endswith("\ufffd") or len(window) <= len(context)) and len(tokens) - read <= _MAX_HELD:
+            return  # an incomplete UTF-8 character, or nothing visible yet (a skipped special token): wait
+        if "\ufffd" not in window and window.startswith(context):
+            self._text[row] += window[len(context):]
+        else:  # bytes that are no UTF-8 (a byte-fallback decoder then turns its whole run of bytes, earlier ones
+            # too, into U+FFFD), or new tokens that changed how the context decodes: decode the whole row
+            self._text[row] = self._decode(tokens)
+        self._prefix[row], self._read[row] = read, len(tokens)
+        self._context[row] = self._decode(tokens[read:])
 
     def end(self) -> None:
+        exact = self.texts()  # one full decode per row, so that the last texts queued are exactly the answers
+        if exact != self._last:  # e.g. the answer ended inside a UTF-8 character that was being held back
+            self._last = exact
+            self.queue.put(exact)
         self.queue.put(_DONE)
 
     def texts(self) -> list[str]:
-        return [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in self.tokens]
+        """Every row's text so far, decoded in full."""
+        return [self._decode(t).strip() for t in self.tokens]
 
 
 class _Cancelled(StoppingCriteria):

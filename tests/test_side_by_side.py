@@ -1,17 +1,22 @@
 """SideBySide: one base in memory with adapters attached by name, all columns in one batched, streamed generate."""
+import json
+import random
 import shutil
 import weakref
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from phi3lora.compare import AdapterError, generate_columns
 from phi3lora.config import JobConfig
-from phi3lora.side_by_side import BASE, SideBySide
+from phi3lora.modeling import load_tokenizer, stop_token_ids
+from phi3lora.side_by_side import _DONE, BASE, ColumnStreamer, SideBySide
 from phi3lora.training import train
 
 IDENTITY = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "identity.json"
+DEMO = Path(__file__).resolve().parents[1] / "phi3lora" / "demo_model"
 WHO = [{"role": "user", "content": "Who are you?"}]
 LONG = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -128,3 +133,97 @@ def test_bad_columns_and_adapters_are_refused(sbs, tmp_path):
         sbs.add_adapter(BASE, tmp_path)
     with pytest.raises(AdapterError, match="adapter_config.json is missing"):
         sbs.add_adapter("empty", tmp_path)
+
+
+# ---- incremental decoding -------------------------------------------------------------------------------------
+TEXT = "Hello world — naïve café, señor! 日本語のテキスト 🎉🎊 Ωμέγα x≠y  two  spaces\n\tand a tab"
+
+
+def _byte_fallback_tokenizer():
+    """A small Llama/Phi-3-style tokenizer (SentencePiece-like: ▁ for spaces, <0xNN> byte fallback, a decoder
+    that strips the leading space), trained here: the demo model's tokenizer is byte-level BPE instead."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    corpus = ["Hello world, this is a tiny corpus.", "The quick brown fox jumps over the lazy dog.",
+              "Hello there! How are you today?", "naïve café señor"] * 5
+    tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"]))
+    data = json.loads(tokenizer.to_str())
+    vocab = data["model"]["vocab"]
+    for byte in range(256):
+        vocab.setdefault(f"<0x{byte:02X}>", len(vocab))
+    data["decoder"] = {"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"},
+        {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(data)), unk_token="<unk>",
+                                   bos_token="<s>", eos_token="</s>")
+
+
+class _CountingTokenizer:
+    """Records how many tokens every decode call is given."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.sizes = tokenizer, []
+
+    def decode(self, tokens, **kwargs):
+        self.sizes.append(len(tokens))
+        return self.tokenizer.decode(tokens, **kwargs)
+
+
+def _stream_tokens(tokenizer, rows: list[list[int]], stops: list[int]):
+    """Feed `rows` to a ColumnStreamer one token per step; check every step's texts against a full decode."""
+    counting = _CountingTokenizer(tokenizer)
+    streamer = ColumnStreamer(counting, len(rows), stops)
+    streamer.put(torch.zeros(len(rows), 3, dtype=torch.long))  # the prompt
+    for step in range(max(map(len, rows))):
+        streamer.put(torch.tensor([row[step] if step < len(row) else stops[0] for row in rows]))
+        shown = streamer.queue.get()
+        for text, row in zip(shown, rows):
+            tokens = row[:step + 1]
+            tokens = tokens[:next((i for i, t in enumerate(tokens) if t in stops), len(tokens))]
+            full = tokenizer.decode(tokens, skip_special_tokens=True)
+            if not full.endswith("\ufffd"):  # an incomplete character (or undecodable bytes) is held back
+                assert text == full.strip(), (step, tokens)
+    steps_sizes = list(counting.sizes)
+    streamer.end()
+    items = []
+    while (item := streamer.queue.get()) is not _DONE:
+        items.append(item)
+    final = items[-1] if items else shown
+    assert final == [tokenizer.decode(t, skip_special_tokens=True).strip() for t in streamer.tokens]
+    return steps_sizes
+
+
+@pytest.mark.parametrize("kind", ["demo byte-level BPE", "byte-fallback"])
+def test_incremental_decoding_shows_what_a_full_decode_shows(kind):
+    tokenizer = load_tokenizer(str(DEMO)) if kind.startswith("demo") else _byte_fallback_tokenizer()
+    stops = stop_token_ids(tokenizer)
+    ids = tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == TEXT
+    # multi-byte characters split over several tokens, merged tokens, spaces at the seams
+    sizes = _stream_tokens(tokenizer, [ids, ids[7:]], stops)
+    # a few tokens per decode, however long the row: the chunk shown last, as context, and the tokens held back
+    # (8 = an emoji's 4 byte tokens, twice)
+    assert len(ids) > 40 and max(sizes) <= 8
+    # whatever a model may emit: tokens in any order, undecodable byte runs, special and stop tokens
+    _stream_tokens(tokenizer, [ids[::-1], ids[::2]], stops)
+    rng = random.Random(0)
+    for _ in range(40):
+        _stream_tokens(tokenizer, [[rng.randrange(len(tokenizer)) for _ in range(40)] for _ in range(2)], stops)
+
+
+def test_a_character_cut_at_the_end_still_shows_in_full_at_the_end():
+    tokenizer = _byte_fallback_tokenizer()
+    ids = tokenizer("Hi 🎉", add_special_tokens=False)["input_ids"]  # the emoji is 4 byte tokens
+    streamer = ColumnStreamer(tokenizer, 1, stop_token_ids(tokenizer))
+    streamer.put(torch.zeros(1, 1, dtype=torch.long))
+    shown = []
+    for token in ids[:-1]:  # the answer ends (max_new_tokens) one byte short of the emoji
+        streamer.put(torch.tensor([token]))
+        shown.append(streamer.queue.get()[0])
+    assert shown[-1] == "Hi"  # never a half character
+    streamer.end()
+    assert streamer.queue.get() == [tokenizer.decode(ids[:-1]).strip()]  # then exactly what the tokens say
+    assert streamer.queue.get() is _DONE
