@@ -20,6 +20,7 @@ records of another shape each get a problem naming the missing columns. Other co
 
 Record numbers: the line number in a .jsonl file; the 1-based position elsewhere (array item, CSV data row,
 Parquet row). Bad content never raises: it becomes a Problem with the record number and a plain reason.
+A file of more records than PHI3LORA_MAX_RECORDS (limits.py) is refused whole, as soon as reading passes the limit.
 """
 from __future__ import annotations
 
@@ -28,13 +29,18 @@ import csv
 import io
 import json
 import math
+import os
 import random
+import re
 import statistics
+import sys
+import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import limits
 from .errors import UserError
 
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
@@ -73,6 +79,17 @@ _SHAREGPT_ROLES = {
 }
 
 _MAX_LISTED_PROBLEMS = 20
+_MAX_SHOWN_CHARS = 60  # a value a message quotes from the file is cut to this: never echo megabytes back
+
+# What a binary file that arrives under a text name starts with -> (what it is, what to do).
+_SIGNATURES = {
+    b"PK\x03\x04": ("a ZIP archive", "unpack it and upload the dataset file inside"),
+    b"\x1f\x8b": ("gzip-compressed", "decompress it and upload the dataset file"),
+    b"\xfd7zXZ\x00": ("xz-compressed", "decompress it and upload the dataset file"),
+    b"PAR1": ("a Parquet file", "name it .parquet"),
+    b"\x89PNG": ("a PNG image", "upload the dataset file"),
+    b"\xff\xd8\xff": ("a JPEG image", "upload the dataset file"),
+}
 
 
 # ---------------------------------------------------------------------------------------------- public types
@@ -140,7 +157,7 @@ def read_dataset(path: str | Path, format: str = "auto") -> LoadedDataset:
         rows, problems = _read_rows(path)
     except _Unreadable as error:
         return LoadedDataset(path, None, 0, [], [Problem(None, str(error))])
-    except (OSError, RecursionError) as error:  # no permission, or JSON nested deeper than the parser goes
+    except OSError as error:  # no permission, a read error
         return LoadedDataset(path, None, 0, [], [Problem(None, f"cannot read the file: {error}")])
     records = len(rows) + len(problems)  # reading problems are records that did not parse
     objects = [(number, row) for number, row in rows if isinstance(row, dict)]
@@ -163,6 +180,8 @@ def read_dataset(path: str | Path, format: str = "auto") -> LoadedDataset:
                 conversations.append(Conversation(number, _normalise(row, detected)))
             except _Invalid as invalid:
                 problems += [Problem(number, message) for message in invalid.messages]
+            except RecursionError:  # JSON text in a cell, or tools, nested deeper than Python goes
+                problems.append(Problem(number, "a value is nested too deeply to read"))
 
     problems.sort(key=lambda p: (p.record is not None, p.record or 0))  # stable: a record's problems stay in order
     warnings = _ignored_columns_warning(objects, detected) if detected else []
@@ -184,6 +203,9 @@ def _read_rows(path: Path) -> tuple[list[tuple[int, Any]], list[Problem]]:
         raise _Unreadable(
             f"unsupported file type {extension or '(no extension)'!r}: use {', '.join(SUPPORTED_EXTENSIONS)}"
         )
+    if path.is_symlink() and Path(os.path.realpath(path)).suffix.lower() != extension:
+        # say nothing of the target: a link named data.csv must not read out /etc/passwd
+        raise _Unreadable(f"{path.name} is a link to a file that is not a {extension} dataset: use the file itself")
     if path.stat().st_size == 0:
         raise _Unreadable("the file is empty")
     if extension == ".parquet":
@@ -199,11 +221,16 @@ def _read_rows(path: Path) -> tuple[list[tuple[int, Any]], list[Problem]]:
 def _read_text(path: Path) -> str:
     """UTF-8 text, with or without a byte order mark; anything else is refused with the reason."""
     raw = path.read_bytes()
-    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or _looks_like_utf16(raw[:4096]):
         raise _Unreadable("the file is UTF-16 text: save it as UTF-8 and upload it again")
-    if b"\0" in raw:
-        raise _Unreadable("the file does not look like a text file (it contains NUL bytes): "
-                          "expected JSON Lines, JSON or CSV text")
+    for signature, (what, advice) in _SIGNATURES.items():
+        if raw.startswith(signature):
+            raise _Unreadable(f"the file is {what}, not JSON Lines, JSON or CSV text: {advice}")
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        line = raw.count(b"\n", 0, nul) + 1
+        raise _Unreadable(f"the file does not look like a text file (it contains NUL bytes, the first at byte offset "
+                          f"{nul}, line {line}): expected JSON Lines, JSON or CSV text")
     bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
     try:
         text = raw[bom:].decode("utf-8")
@@ -219,38 +246,93 @@ def _read_text(path: Path) -> str:
     return text
 
 
+def _looks_like_utf16(head: bytes) -> bool:
+    """UTF-16 without a byte order mark: ASCII text then has a NUL in every other byte, and only there."""
+    if len(head) < 4:
+        return False
+    even, odd = head[0::2], head[1::2]
+    return any(a.count(0) > 0.6 * len(a) and b.count(0) < 0.1 * len(b) for a, b in ((even, odd), (odd, even)))
+
+
+class _NotJSON(Exception):
+    """JSON text that cannot be read: .reason in plain words, .line and .column where the parser knows them."""
+
+    def __init__(self, reason: str, line: int | None = None, column: int | None = None):
+        super().__init__(reason)
+        self.reason, self.line, self.column = reason, line, column
+
+
+def _loads(text: str) -> Any:
+    """json.loads, with each way it fails (syntax, a number too long to convert, nesting) as a _NotJSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise _NotJSON(error.msg, error.lineno, error.colno) from None
+    except ValueError:  # an integer over sys.get_int_max_str_digits(): json gives no position for it
+        raise _NotJSON(f"a number has more than {sys.get_int_max_str_digits()} digits") from None
+    except RecursionError:
+        raise _NotJSON("it is nested too deeply to read") from None
+
+
+def _over_the_record_limit(count: int | None = None) -> _Unreadable:
+    """Stop reading a file past PHI3LORA_MAX_RECORDS: loading millions of records would take minutes and gigabytes."""
+    most = limits.limit("PHI3LORA_MAX_RECORDS")
+    held = f"the dataset's record count is {count}" if count else f"the file holds more than {most} records"
+    return _Unreadable(f"{held}, over this server's limit of {most} (PHI3LORA_MAX_RECORDS)")
+
+
 def _parse_jsonl(text: str) -> tuple[list[tuple[int, Any]], list[Problem]]:
-    rows, problems = [], []
-    # split on "\n" only: str.splitlines would also break at U+2028 and friends, which JSON strings may hold raw
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
+    rows, problems, most = [], [], limits.limit("PHI3LORA_MAX_RECORDS")
+    for number, line in _nonblank_lines(text):
+        if len(rows) + len(problems) == most:
+            raise _over_the_record_limit()
         try:
-            rows.append((number, json.loads(line)))
-        except json.JSONDecodeError as error:
-            problems.append(Problem(number, f"line {number} is not valid JSON: {error.msg} (column {error.colno})"))
+            rows.append((number, _loads(line)))
+        except _NotJSON as error:
+            where = f" (column {error.column})" if error.column else ""
+            problems.append(Problem(number, f"line {number} is not valid JSON: {error.reason}{where}"))
     return rows, problems
+
+
+def _nonblank_lines(text: str):
+    """(line number, line) for each line holding more than whitespace, found by a regular expression, so that
+    millions of blank lines cost no Python loop. Lines end at "\n" only: str.splitlines would also break at
+    U+2028 and friends, which JSON strings may hold raw."""
+    number, line_start = 1, 0
+    for found in _NONBLANK.finditer(text):
+        start = text.rfind("\n", 0, found.start()) + 1  # keep the line's indentation: error columns count it
+        number += text.count("\n", line_start, start)
+        line_start = start
+        yield number, text[start:found.end()]
+
+
+_NONBLANK = re.compile(r"\S[^\n]*")
 
 
 def _parse_json(text: str) -> list[tuple[int, Any]]:
     """A JSON array of records, an object holding exactly one list of records, or a single record."""
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        hint = "; if it holds one JSON object per line, name it .jsonl" if error.msg == "Extra data" else ""
-        raise _Unreadable(f"not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}{hint}") from None
+        data = _loads(text)
+    except _NotJSON as error:
+        if error.line is None:
+            raise _Unreadable(f"cannot read the JSON: {error.reason}") from None
+        hint = "; if it holds one JSON object per line, name it .jsonl" if error.reason == "Extra data" else ""
+        reason = error.reason.removesuffix(" at")  # "Unterminated string starting at" + " at line 3"
+        raise _Unreadable(f"not valid JSON: {reason} at line {error.line}, column {error.column}{hint}") from None
     if isinstance(data, dict):
         if _formats_matched(data):
             data = [data]
         else:
             lists = [key for key, value in data.items() if isinstance(value, list)]
             if len(lists) != 1:
-                keys = ", ".join(map(repr, data)) or "none"
+                keys = ", ".join(map(_shown, list(data)[:20])) + (", ..." if len(data) > 20 else "") or "none"
                 raise _Unreadable("expected a JSON array of records, or an object holding one list of records; "
                                   f"found an object with keys {keys}")
             data = data[lists[0]]
     if not isinstance(data, list):
         raise _Unreadable(f"expected a JSON array of records, found {_describe(data)}")
+    if len(data) > limits.limit("PHI3LORA_MAX_RECORDS"):
+        raise _over_the_record_limit(len(data))
     return list(enumerate(data, 1))
 
 
@@ -263,11 +345,13 @@ def _parse_csv(text: str) -> tuple[list[tuple[int, Any]], list[Problem]]:
         header = next(reader)
         duplicates = [name for name, n in Counter(header).items() if n > 1]
         if duplicates:
-            raise _Unreadable(f"the CSV header repeats the column {duplicates[0]!r}")
-        rows, problems, number = [], [], 0
+            raise _Unreadable(f"the CSV header repeats the column {_shown(duplicates[0])}")
+        rows, problems, number, most = [], [], 0, limits.limit("PHI3LORA_MAX_RECORDS")
         for cells in reader:
             if not any(cell.strip() for cell in cells):
                 continue
+            if number == most:
+                raise _over_the_record_limit()
             number += 1
             if len(cells) == len(header):
                 rows.append((number, dict(zip(header, cells))))
@@ -284,10 +368,12 @@ def _read_parquet(path: Path) -> list[tuple[int, Any]]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        rows = pq.ParquetFile(path).metadata.num_rows
+        if rows > limits.limit("PHI3LORA_MAX_RECORDS"):
+            raise _over_the_record_limit(rows)
+        return list(enumerate(pq.read_table(path).to_pylist(), 1))
     except (pa.ArrowException, OSError) as error:
         raise _Unreadable(f"not a readable Parquet file: {error}") from None
-    return list(enumerate(table.to_pylist(), 1))
 
 
 # ---------------------------------------------------------------------------------------------- detection
@@ -308,7 +394,7 @@ def _detect(records: list[dict]) -> str | None:
 
 def _no_format_message(objects: list[tuple[int, dict]]) -> str:
     columns = list(dict.fromkeys(key for _, row in objects for key in row))
-    found = ", ".join(map(repr, columns[:20])) or "none"
+    found = ", ".join(map(_shown, columns[:20])) or "none"
     if len(columns) > 20:
         found += ", ..."
     needs = ["+".join(map(repr, keys)) for keys in _REQUIRED.values()]
@@ -320,7 +406,8 @@ def _ignored_columns_warning(objects: list[tuple[int, dict]], fmt: str) -> list[
     ignored = list(dict.fromkeys(key for _, row in objects for key in row if key not in known))
     if not ignored:
         return []
-    return [f"ignored columns (not part of the {fmt} format): {', '.join(map(repr, ignored))}"]
+    shown = ", ".join(map(_shown, ignored[:20])) + (", ..." if len(ignored) > 20 else "")
+    return [f"ignored columns (not part of the {fmt} format): {shown}"]
 
 
 # ---------------------------------------------------------------------------------------------- normalising
@@ -380,13 +467,23 @@ def _message_turns(messages: list, where: str) -> list[_Turn]:
         elif role == "assistant" and message.get("tool_calls"):
             content = _with_tool_calls(content, message["tool_calls"])
         turns.append(_Turn.numbered(number, _MESSAGE_ROLES[role], role, content, where))
+    _check_tool_results(messages, where)
     return turns
+
+
+def _check_tool_results(messages: list[dict], where: str) -> None:
+    """An assistant's tool_calls are answered by a tool message before the conversation goes on; a call may end
+    it (OpenAI's fine-tuning format teaches calling that way)."""
+    for number, (message, after) in enumerate(zip(messages, messages[1:]), 1):
+        if message.get("role") == "assistant" and message.get("tool_calls") and after.get("role") != "tool":
+            raise _Invalid(f"{where} {number}: the assistant's tool_calls must be followed by a tool result, "
+                           f"found {_shown(after.get('role'))}")
 
 
 def _with_tool_calls(content: Any, tool_calls: Any) -> Any:
     """The assistant's text (if any), then its calls in the {"name", "arguments"} JSON of ShareGPT function_call."""
     calls = [_simple_call(call) for call in (tool_calls if isinstance(tool_calls, list) else [tool_calls])]
-    call_text = FUNCTION_CALL + json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
+    call_text = FUNCTION_CALL + _dumps(calls[0] if len(calls) == 1 else calls, "tool_calls")
     if content is None or (isinstance(content, str) and not content.strip()):
         return call_text
     return f"{content}\n\n{call_text}" if isinstance(content, str) else content  # a wrong type is reported later
@@ -399,8 +496,8 @@ def _simple_call(call: Any) -> Any:
     arguments = function.get("arguments")
     if isinstance(arguments, str):  # OpenAI sends the arguments as JSON text
         try:
-            arguments = json.loads(arguments)
-        except json.JSONDecodeError:
+            arguments = _loads(arguments)
+        except _NotJSON:
             pass
     return {"name": function["name"], "arguments": arguments}
 
@@ -478,7 +575,7 @@ def _role(turn: dict, key: str, allowed: dict, at: str) -> str:
     if name is None:
         raise _Invalid(f"{at}: missing {key!r}")
     if not isinstance(name, str) or name not in allowed:
-        raise _Invalid(f"{at}: unknown role {name!r}; use {_quoted(allowed, 'or')}")
+        raise _Invalid(f"{at}: unknown role {_shown(name)}; use {_quoted(allowed, 'or')}")
     return name
 
 
@@ -510,14 +607,23 @@ def _tools_text(tools: Any) -> str | None:
         if not tools.strip():
             return None
         try:
-            tools = json.loads(tools)
-        except json.JSONDecodeError as error:
-            raise _Invalid(f"tools is not valid JSON: {error.msg} (column {error.colno})") from None
+            tools = _loads(tools)
+        except _NotJSON as error:
+            where = f" (column {error.column})" if error.column else ""
+            raise _Invalid(f"tools is not valid JSON: {error.reason}{where}") from None
     if tools is None or tools == [] or tools == {}:
         return None
     if not isinstance(tools, (list, dict)):
         raise _Invalid(f"tools must be a list of function descriptions, found {_describe(tools)}")
-    return TOOLS_HEADER + json.dumps(tools, ensure_ascii=False)
+    return TOOLS_HEADER + _dumps(tools, "tools")
+
+
+def _dumps(value: Any, what: str) -> str:
+    """JSON text of a value from the file; Parquet can hold what JSON cannot (binary, timestamps)."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError) as error:
+        raise _Invalid(f"{what} cannot be written as JSON text ({error})") from None
 
 
 def _list_field(record: dict, key: str, expected: str, default: list | None = None) -> list:
@@ -535,8 +641,8 @@ def _json_list(value: Any) -> Any:
     """The list a string holds as JSON text; any other value unchanged."""
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
+            parsed = _loads(value)
+        except _NotJSON:
             return value
         return parsed if isinstance(parsed, list) else value
     return value
@@ -563,7 +669,17 @@ def _content_problem(turn: _Turn) -> str | None:
         return f"{turn.subject} must be a string, found {_describe(turn.content)}"
     if not turn.content.strip():
         return f"{turn.subject} is empty"
+    if all(unicodedata.category(char) in _INVISIBLE for char in turn.content):
+        return f"{turn.subject} is empty (it holds only invisible characters)"
+    try:
+        turn.content.encode("utf-8")
+    except UnicodeEncodeError as error:  # a JSON "\\ud800" escape: no tokenizer or file can take it
+        return (f"{turn.subject} holds a lone surrogate U+{ord(turn.content[error.start]):04X} at character "
+                f"{error.start + 1}, which is not valid Unicode")
     return None
+
+
+_INVISIBLE = {"Cc", "Cf", "Zs", "Zl", "Zp"}  # controls, format characters (zero-width space), separators
 
 
 def _order_problem(turns: list[_Turn]) -> str | None:
@@ -605,7 +721,15 @@ def _describe(value: Any) -> str:
         return "a list"
     if isinstance(value, dict):
         return "an object"
-    return f"a {type(value).__name__}"
+    if isinstance(value, (bytes, bytearray)):
+        return "binary data"
+    return f"a {type(value).__name__} value"
+
+
+def _shown(value: Any) -> str:
+    """repr of a value from the file for a message, cut short: a column name may be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN_CHARS else text[:_MAX_SHOWN_CHARS - 4] + "...'"
 
 
 def _quoted(names, conjunction: str = "and") -> str:

@@ -2,7 +2,7 @@
 its value and the variable that sets it.
 
     PHI3LORA_MAX_UPLOAD_MB        largest upload, enforced while it streams (ui/common.py)     default 100
-    PHI3LORA_MAX_RECORDS          records in a dataset a run may train on                      default 200000
+    PHI3LORA_MAX_RECORDS          records in a dataset file (data.py stops reading past it)    default 200000
     PHI3LORA_MAX_SEQ_LENGTH       largest training_config.max_length                           default 8192
     PHI3LORA_MAX_QUEUED_PER_USER  queued or running runs one user may have at once             default 3
     PHI3LORA_CHAT_CONCURRENCY     chats generating at once (Gradio concurrency limit)          default 4
