@@ -105,6 +105,7 @@ def main(argv=None) -> dict:
             assert steps == n
 
         runs = timed({"batched": batched, "sequential": sequential, "streamed": streamed}, args.repeats)
+        two_rows_cost = linear_cost_of_two_rows(model)
         sbs.release()
 
     medians = {name: statistics.median(t) for name, t in runs.items()}
@@ -114,6 +115,7 @@ def main(argv=None) -> dict:
         "times_s": runs, "median_s": medians,
         "ratio_batched_over_sequential": medians["batched"] / medians["sequential"],
         "ratio_streamed_over_sequential": medians["streamed"] / medians["sequential"],
+        "linear_two_rows_over_one": two_rows_cost,
     }
     print(f"\ndevice {result['device']}, torch threads {result['torch_threads']}, "
           f"{n} new tokens per column, median of {args.repeats}")
@@ -122,9 +124,33 @@ def main(argv=None) -> dict:
         t = runs[name]
         print(f"{name:<12}{median:>10.3f}{min(t):>8.3f}{max(t):>8.3f}{1000 * median / n:>9.2f}"
               f"{median / medians['sequential']:>15.2f}")
+    print(f"the model's linear layers on a decoding step of 2 rows cost {two_rows_cost:.2f}x a step of 1 row "
+          "(batching saves only what is not matrix products when this is near 2)")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
     return result
+
+
+@torch.inference_mode()
+def linear_cost_of_two_rows(model, repeats: int = 300) -> float:
+    """Time of every linear layer of the model on one decoding step of 2 rows over the same on 1 row. Near 1,
+    a batch computes two columns for the price of one; near 2 (small-row matrix products on some CPUs' BLAS),
+    it saves only the per-step overhead outside the products."""
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear) and m.weight.dim() == 2]
+    seconds = {}
+    for rows in (1, 2):
+        inputs = [torch.randn(rows, 1, w.shape[1], dtype=w.dtype, device=w.device) for w in weights]
+        for w, x in zip(weights, inputs):
+            torch.nn.functional.linear(x, w)  # warm up
+        synchronize = torch.cuda.synchronize if weights[0].is_cuda else (lambda: None)
+        synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            for w, x in zip(weights, inputs):
+                torch.nn.functional.linear(x, w)
+        synchronize()
+        seconds[rows] = time.perf_counter() - start
+    return round(seconds[2] / seconds[1], 2)
 
 
 if __name__ == "__main__":

@@ -95,13 +95,24 @@ class TrainingConfig(_Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     optim: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"] = Field(
-        "adamw_torch", description="Optimizer; the 8-bit ones (bitsandbytes) save GPU memory."
+        "adamw_torch_fused", description="Optimizer. adamw_torch_fused: AdamW in one fused kernel per step (GPU and "
+        "CPU), the fastest; adamw_torch: the same maths one tensor at a time; the 8-bit ones (bitsandbytes) save GPU memory."
     )
     group_by_length: bool = Field(
         True, description="Batch conversations of similar length together: less padding, faster steps."
     )
     assistant_only_loss: bool = Field(
         True, description="Learn from the assistant's turns only, not from the prompts."
+    )
+    packing: bool = Field(
+        False, description="Pack several conversations into each row of max_length tokens, without padding; "
+        "position ids restart per conversation so none attends to another. A batch then holds rows, not "
+        "conversations, so an epoch has fewer steps. Fastest with flash_attention_2 on a GPU; with sdpa each row's "
+        "attention is computed in full and masked, so on a CPU length-grouped batches are faster.",
+    )
+    use_liger_kernel: bool = Field(
+        False, description="Liger's fused Triton kernels for Phi-3 (RMSNorm, RoPE, SwiGLU, cross-entropy without "
+        "materialising the logits): faster and leaner on a GPU. Needs the liger-kernel package and a CUDA GPU.",
     )
     gradient_checkpointing: bool = Field(
         True, description="Recompute activations in the backward pass: much less GPU memory, about 20% slower."

@@ -11,6 +11,7 @@ So the caller can go away and come back (page reload, app restart) and find the 
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -28,7 +29,6 @@ from pathlib import Path
 from . import data, limits, runs
 from .config import JobConfig
 from .errors import UserError
-from .modeling import resolve_job
 from .runs import CANCELLED, COMPLETED, FAILED, FINISHED, QUEUED, RUNNING, read_record, write_record
 
 CANCEL_GRACE_SECONDS = float(os.environ.get("PHI3LORA_CANCEL_GRACE", "60"))
@@ -127,8 +127,10 @@ def start_run(config: JobConfig, owner: str | None = None) -> str:
         raise UserError("no dataset: set data.path (--data)")
     dataset = data.read_dataset(config.data.path, config.data.format)
     data.usable_conversations(dataset, drop_invalid=config.data.drop_invalid)  # refuse bad data now, not in a failed run
+    from .modeling import resolve_job  # here, not at the top: the supervisor process needs neither torch nor transformers
+
     config, _ = resolve_job(config)  # the YAML holds every setting the run will use, model defaults included
-    _check_limits(config, dataset.records, owner)
+    _check_limits(config, owner)  # the record limit: read_dataset stops reading past it
 
     run_id = runs.new_run_id()
     path = runs.runs_root() / run_id
@@ -145,9 +147,8 @@ def start_run(config: JobConfig, owner: str | None = None) -> str:
     return run_id
 
 
-def _check_limits(config: JobConfig, records: int, owner: str | None) -> None:
+def _check_limits(config: JobConfig, owner: str | None) -> None:
     """The operator's limits (limits.py) and the remote-code switch; each refusal names what it enforces."""
-    limits.check("PHI3LORA_MAX_RECORDS", records, "the dataset's record count")
     limits.check("PHI3LORA_MAX_SEQ_LENGTH", config.training_config.max_length, "training_config.max_length")
     if owner is not None:
         active = sum(1 for info in list_runs() if info.status in (QUEUED, RUNNING) and _owner(info.id) == owner)
@@ -382,12 +383,16 @@ def _final_status(attempt: Path, returncode: int, killed_after_grace: bool) -> t
 
 OOM_HINT = ("lower per_device_train_batch_size or max_length, turn gradient_checkpointing on, or use QLoRA "
             "(4-bit); then resume the run")
+DISK_FULL = re.compile(r"No space left on device|Disk quota exceeded|File too large")  # ENOSPC, EDQUOT, EFBIG
+DISK_FULL_HINT = "free some space, then resume the run: it continues from its last whole checkpoint"
 
 
 def explain_failure(returncode: int, log: str) -> str:
     """One plain sentence on why a trainer died, from its exit code and the end of its log."""
     if re.search(r"OutOfMemoryError|CUDA out of memory|CUBLAS_STATUS_ALLOC_FAILED", log):
         return f"out of GPU memory: {OOM_HINT}"
+    if disk_full := DISK_FULL.search(log):
+        return f"the disk is full ({disk_full.group(0)}): the trainer could not write its files; {DISK_FULL_HINT}"
     if returncode == -signal.SIGKILL or returncode == 128 + signal.SIGKILL:
         return ("killed (SIGKILL): often the machine ran out of RAM and the kernel stopped the biggest process; "
                 "resume continues from the last checkpoint")
@@ -408,6 +413,7 @@ def train_attempt(config: JobConfig, output_dir: Path, attempt: Path, resume: bo
 
     stopper = StopWhenAsked(attempt / "cancel.json")
     try:
+        _yield_cpu_to_the_app()
         result = train(config, output_dir, callbacks=[stopper], resume=resume)
     except torch.OutOfMemoryError as error:
         _outcome(attempt, FAILED, f"out of GPU memory ({str(error).splitlines()[0][:200]}): {OOM_HINT}")
@@ -416,7 +422,7 @@ def train_attempt(config: JobConfig, output_dir: Path, attempt: Path, resume: bo
         _outcome(attempt, FAILED, str(error))
         raise
     except Exception as error:
-        _outcome(attempt, FAILED, f"{type(error).__name__}: {error}")
+        _outcome(attempt, FAILED, _disk_full_reason(error, output_dir) or f"{type(error).__name__}: {error}")
         raise
     if stopper.asked:
         _outcome(attempt, CANCELLED, f"cancelled at step {result.global_step} of {result.max_steps}; "
@@ -424,6 +430,38 @@ def train_attempt(config: JobConfig, output_dir: Path, attempt: Path, resume: bo
     else:
         _outcome(attempt, COMPLETED, None)
     return 0
+
+
+def _disk_full_reason(error: Exception, output_dir: Path) -> str | None:
+    """A plain sentence when `error` is a full disk (safetensors and torch.save report it only in their text),
+    naming the checkpoint that was being written, if that is where it happened."""
+    from .training import checkpoint_problem
+
+    found = DISK_FULL.search(str(error))
+    if not found and not (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)):
+        return None
+    cause = found.group(0) if found else os.strerror(error.errno)
+    steps = {int(step): folder for folder in (output_dir / "checkpoints").glob("checkpoint-*")
+             if (step := folder.name.removeprefix("checkpoint-")).isdigit()}
+    newest = steps[max(steps)] if steps else None
+    if newest and checkpoint_problem(newest):
+        what = f"{newest.name} could not be written in {newest.parent}"
+    else:
+        what = f"a file could not be written in {output_dir}"
+    return f"the disk is full ({cause}): {what}; {DISK_FULL_HINT}"
+
+
+def _yield_cpu_to_the_app() -> None:
+    """Training on the CPU takes every core, and the web app on the same machine would answer slowly: the trainer
+    lowers its own priority by $PHI3LORA_TRAINER_NICE (default 10, 0 keeps it), so it trains at full speed on
+    whatever the app leaves idle. Training on a GPU barely uses the CPU, and keeps its priority."""
+    import torch
+
+    raw = os.environ.get("PHI3LORA_TRAINER_NICE", "10").strip()
+    if not raw.isdigit() or int(raw) > 19:
+        raise UserError(f"PHI3LORA_TRAINER_NICE must be a whole number from 0 to 19 (got {raw!r})")
+    if not torch.cuda.is_available() and int(raw):
+        os.nice(int(raw))
 
 
 def _outcome(attempt: Path, status: str, reason: str | None) -> None:

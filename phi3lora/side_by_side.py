@@ -124,6 +124,7 @@ class SideBySide:
         self._model = None
         self._tokenizer = None
         self._lock = threading.Lock()  # one generation at a time: adapter routing is per model, not per call
+        self._load_lock = threading.Lock()  # first uses that arrive together load the model once
 
     # ---- model and adapters ---------------------------------------------------------------------------------
     @property
@@ -146,7 +147,10 @@ class SideBySide:
 
     def _ensure_loaded(self) -> None:
         if self._model is None:
-            self._model, self._tokenizer = load_with_adapters(self.base_model, dict(self._adapters), self.settings)
+            with self._load_lock:
+                if self._model is None:
+                    model, self._tokenizer = load_with_adapters(self.base_model, dict(self._adapters), self.settings)
+                    self._model = model  # last: a model that is set comes with its tokenizer
 
     def add_adapter(self, name: str, path: str | Path) -> None:
         """Attach the adapter in `path` under `name`, to the base already in memory when there is one."""
@@ -160,13 +164,14 @@ class SideBySide:
             self.base_model = self.base_model or trained_on
             self.settings = self.settings or settings
         path = Path(path)
-        if self._model is not None:
-            if isinstance(self._model, PeftModel):
-                self._model.load_adapter(str(path), adapter_name=name)
-            else:
-                self._model = PeftModel.from_pretrained(self._model, str(path), adapter_name=name)
-            self._model.eval()
-        self._adapters[name] = path
+        with self._lock:  # not in the middle of another generation: its rows would change adapters mid-answer
+            if self._model is not None:
+                if isinstance(self._model, PeftModel):
+                    self._model.load_adapter(str(path), adapter_name=name)
+                else:
+                    self._model = PeftModel.from_pretrained(self._model, str(path), adapter_name=name)
+                self._model.eval()
+            self._adapters[name] = path
 
     def release(self) -> None:
         """Drop the model and free its memory; the next use loads it again, with the same adapters."""

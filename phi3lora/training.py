@@ -10,7 +10,9 @@ The run folder it fills:
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 import time
 import zipfile
 from dataclasses import asdict, dataclass
@@ -73,8 +75,13 @@ def sft_config(config: JobConfig, output_dir: Path, has_eval: bool) -> SFTConfig
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         optim=t.optim,
+        use_liger_kernel=t.use_liger_kernel,
         assistant_only_loss=t.assistant_only_loss,
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        # Packing is padding-free (trl's best-fit-decreasing packing, position ids restarting per conversation:
+        # transformers masks attention to each conversation from them); grouping by length is for padded batches.
+        packing=t.packing,
+        packing_strategy="bfd",
+        train_sampling_strategy="group_by_length" if t.group_by_length and not t.packing else "random",
         activation_checkpointing=t.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -104,6 +111,8 @@ def prepare(config: JobConfig, output_dir: Path, log=print, callbacks: list[Trai
     """Check the data, load the base, and set up the trainer; writes config.yaml. Nothing trains yet."""
     config, note = resolve_job(config)
     log(f"{config.method}: {note}")
+    if config.training_config.use_liger_kernel:
+        _check_liger_can_run()
 
     # 1. Data: every record checked before any model loads.
     dataset = data.read_dataset(config.data.path, config.data.format)
@@ -158,6 +167,7 @@ def train(config: JobConfig, output_dir: str | Path, log=print, callbacks: list[
     checkpoint = latest_valid_checkpoint(output_dir / "checkpoints", log) if resume else None
     if resume:
         log(f"resuming from {checkpoint.name}" if checkpoint else "no whole checkpoint to resume from: starting over")
+        remove_checkpoints_after(checkpoint, output_dir / "checkpoints", log)
 
     # 4. Train, then save only the adapter (PEFT's save_pretrained writes just the LoRA weights).
     outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -189,6 +199,14 @@ def _check_template_marks_assistant_turns(tokenizer, base_path: str) -> None:
         ) from None
 
 
+def _check_liger_can_run() -> None:
+    if not torch.cuda.is_available():
+        raise ConfigError("training_config.use_liger_kernel: Liger's kernels run on a CUDA GPU only; set it to false here")
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError("training_config.use_liger_kernel: the liger-kernel package is not installed: "
+                          "pip install liger-kernel, or set it to false")
+
+
 CHECKPOINT_FILES = ("adapter_model.safetensors", "adapter_config.json", "trainer_state.json", "optimizer.pt", "scheduler.pt")
 
 
@@ -202,6 +220,16 @@ def latest_valid_checkpoint(folder: Path, log=print) -> Path | None:
             return candidate
         log(f"skipping {candidate.name}: {problem}")
     return None
+
+
+def remove_checkpoints_after(checkpoint: Path | None, folder: Path, log=print) -> None:
+    """Delete the checkpoints newer than the one resumed from (all cut short, or it would have been picked): left
+    in place, they count as the newest when Trainer rotates checkpoints (save_total_limit) and push whole ones out."""
+    resumed = _step_of(checkpoint) if checkpoint else -1
+    for stale in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        if _step_of(stale) > resumed:
+            shutil.rmtree(stale)
+            log(f"removed {stale.name}: it was cut short")
 
 
 def checkpoint_problem(folder: Path) -> str | None:

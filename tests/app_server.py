@@ -1,6 +1,7 @@
 """Start the real web app (`python app.py`) in a subprocess for tests, and stop it afterwards.
 
-Shared by the API tests and (later) browser tests: `with app_server(tmp_path) as server: ... server.url`.
+Shared by the API and browser tests (`with app_server(tmp_path) as server: ... server.url`) and by
+bench/app_figures.py (`launch` + `stop`, to time the start itself).
 Each server gets its own data root, Gradio cache and port, and no GPU.
 """
 from __future__ import annotations
@@ -41,11 +42,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def app_server(tmp_path: Path, startup_timeout: float = 120, **env: str):
-    """Run app.py until the block ends. Extra keyword arguments become environment variables."""
+def launch(tmp_path: Path, script: str | Path = "app.py", **env: str) -> AppServer:
+    """Start `python SCRIPT` (from the repository root) on a free port and return at once, without waiting
+    for it to answer (the benchmarks time that). Extra keyword arguments become environment variables."""
     port = free_port()
-    home, cache, log = tmp_path / "home", tmp_path / "gradio-cache", tmp_path / "app.log"
+    home = Path(env.get("PHI3LORA_HOME") or tmp_path / "home")  # tests may pass a prepared data root
+    cache, log = tmp_path / "gradio-cache", tmp_path / "app.log"
     cache.mkdir(parents=True, exist_ok=True)
     environment = {
         **os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
@@ -53,15 +55,26 @@ def app_server(tmp_path: Path, startup_timeout: float = 120, **env: str):
         "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", **env,
     }
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=environment, stdout=out,
+        process = subprocess.Popen([sys.executable, str(script)], cwd=REPO, env=environment, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
-    server = AppServer(f"http://127.0.0.1:{port}", home, cache, log, process)
+    return AppServer(f"http://127.0.0.1:{port}", home, cache, log, process)
+
+
+def stop(server: AppServer) -> None:
+    """Stop the server and any training run it started."""
+    _stop(server.process)
+    _stop_runs(server.home)
+
+
+@contextmanager
+def app_server(tmp_path: Path, startup_timeout: float = 120, **env: str):
+    """Run app.py until the block ends. Extra keyword arguments become environment variables."""
+    server = launch(tmp_path, **env)
     try:
         _wait_until_up(server, startup_timeout)
         yield server
     finally:
-        _stop(process)
-        _stop_runs(home)
+        stop(server)
 
 
 def _wait_until_up(server: AppServer, timeout: float) -> None:

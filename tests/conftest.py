@@ -8,6 +8,9 @@ os.environ.pop("PHI3LORA_BASE_MODEL", None)
 # Two trainings with two OpenMP threads each on two cores run ~4x slower than one thread each.
 _THREADS = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 os.environ["OMP_NUM_THREADS"] = _THREADS
+# Trainers lower their priority on a CPU so the web app stays quick (jobs._yield_cpu_to_the_app); here the
+# other xdist worker would then starve them past the tests' timeouts.
+os.environ.setdefault("PHI3LORA_TRAINER_NICE", "0")
 
 import shutil  # noqa: E402
 import subprocess  # noqa: E402

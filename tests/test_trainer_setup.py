@@ -55,3 +55,13 @@ def test_qlora_loads_the_base_in_4bit_nf4(tmp_path, datasets_dir):
 def test_cpu_trains_in_fp32(tmp_path, datasets_dir):
     args = _prepare(tmp_path, datasets_dir).trainer.args
     assert not args.bf16 and not args.fp16
+
+
+def test_liger_kernels_are_refused_without_a_gpu_naming_the_setting(tmp_path, datasets_dir):
+    import pytest
+
+    from phi3lora.config import ConfigError
+
+    with pytest.raises(ConfigError, match="training_config.use_liger_kernel: Liger's kernels run on a CUDA GPU only"):
+        _prepare(tmp_path, datasets_dir, "use_liger_kernel=true")
+    assert not (tmp_path / "config.yaml").exists()  # refused before anything was written

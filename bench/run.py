@@ -1,0 +1,135 @@
+"""Every figure phi3lora claims, each a ratio against a baseline measured in the same run.
+
+    python bench/run.py [--quick] [--gpu] [--out FILE.json]
+
+  training      useful tokens/s and peak memory, ours vs the Phi-3 Cookbook's LoRA recipe   (bench/training.py)
+  side by side  base + adapter in one mixed batch vs two sequential generations              (bench/side_by_side.py)
+  app           /run_status latency while training vs idle; cold start vs a bare Gradio app (bench/app_figures.py)
+
+--quick runs fewer steps and repeats (a few minutes on two CPU cores); --gpu benchmarks Phi-3-mini's size on the
+GPU instead of the demo model on the CPU. Prints one table and writes it, with the machine, as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH.parent))
+
+import app_figures  # noqa: E402
+import side_by_side  # noqa: E402
+import training  # noqa: E402
+
+# (variant, what to compare, at least / at most, bound): the issue's targets, checked on the printed ratios
+TRAINING_TARGETS = {
+    False: [("ours", "speed_vs_cookbook", ">=", 1.5)],
+    True: [("ours LoRA", "speed_vs_cookbook", ">=", 1.8), ("ours LoRA", "memory_vs_cookbook", "<=", 0.6),
+           ("ours QLoRA", "speed_vs_cookbook", ">=", 1.5)],
+}
+
+
+def row(figure: str, baseline: float, ours: float, unit: str, target: str | None = None, notes: str = "") -> dict:
+    ratio = ours / baseline if baseline else float("nan")
+    met = None
+    if target:
+        sign, bound = target.split()
+        met = ratio >= float(bound) if sign == ">=" else ratio <= float(bound)
+    return {"figure": figure, "baseline": baseline, "ours": ours, "unit": unit, "ratio": round(ratio, 3),
+            "target": target, "met": met, "notes": notes}
+
+
+def training_rows(quick: bool, gpu: bool) -> tuple[list[dict], list[dict]]:
+    variants = training.run(steps=10 if quick else 40, gpu=gpu)
+    by_name = {v["variant"]: v for v in variants}
+    rows = []
+    for name, v in by_name.items():
+        if name.startswith("cookbook") or "error" in v:
+            continue
+        reference = by_name["cookbook QLoRA" if "QLoRA" in name else "cookbook" + (" LoRA" if gpu else "")]
+        if "error" in reference:
+            continue
+        targets = {key: f"{sign} {bound}" for variant, key, sign, bound in TRAINING_TARGETS[gpu] if variant == name}
+        mfu = f", MFU {100 * v['mfu']:.1f}%" if "mfu" in v else ""
+        rows.append(row(f"training tokens/s: {name}", reference["tokens_per_second"], v["tokens_per_second"],
+                        "tokens/s", targets.get("speed_vs_cookbook"), f"{v['steps']} steps{mfu}"))
+        if name in ("ours", "ours LoRA", "ours QLoRA"):  # the ablations' memory is in the details
+            rows.append(row(f"training peak memory: {name}", reference["peak_memory_gb"], v["peak_memory_gb"],
+                            f"GB ({v['memory_kind']})", targets.get("memory_vs_cookbook")))
+    return rows, variants
+
+
+def side_by_side_rows(quick: bool) -> tuple[list[dict], dict]:
+    result = side_by_side.main(["--max-new-tokens", "64", "--repeats", "3" if quick else "9"])
+    medians = result["median_s"]
+    return [
+        row("generate base + adapter: one mixed batch vs sequential", medians["sequential"], medians["batched"], "s",
+            "<= 0.7", f"{result['max_new_tokens']} new tokens per column, median of {result['repeats']}"),
+        row("the same, streamed into the two columns", medians["sequential"], medians["streamed"], "s", None,
+            "SideBySide.stream: generate in a thread, texts decoded each step"),
+    ], result
+
+
+def machine() -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+            "cpu": _cpu_name(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'figure':<58}{'baseline':>11}{'ours':>11}  {'unit':<22}{'ratio':>7}  {'target':<8} met")
+    for r in rows:
+        met = {True: "yes", False: "NO", None: ""}[r["met"]]
+        print(f"{r['figure']:<58}{r['baseline']:>11.4g}{r['ours']:>11.4g}  {r['unit']:<22}{r['ratio']:>7.2f}  "
+              f"{r['target'] or '':<8} {met}")
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
+    parser.add_argument("--gpu", action="store_true", help="Phi-3-mini's size on the GPU (training)")
+    parser.add_argument("--only", choices=["training", "side_by_side", "app"], action="append",
+                        help="run only these parts (repeatable)")
+    parser.add_argument("--out", type=Path, help="write the table, the details and the machine as JSON")
+    args = parser.parse_args(argv)
+    parts = args.only or ["training", "side_by_side", "app"]
+    started = time.time()
+    rows, details = [], {}
+    if "training" in parts:
+        training_table, details["training"] = training_rows(args.quick, args.gpu)
+        rows += training_table
+        training.print_table(details["training"])
+    if "side_by_side" in parts:
+        sbs_table, details["side_by_side"] = side_by_side_rows(args.quick)
+        rows += sbs_table
+    if "app" in parts:
+        rows += app_figures.run(quick=args.quick)
+    print_table(rows)
+    report = {"command": " ".join(["python bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
+              "machine": machine(), "seconds": round(time.time() - started), "rows": rows, "details": details}
+    print(f"\nmachine: {report['machine']}; {report['seconds']} s")
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
