@@ -95,8 +95,8 @@ class TrainingConfig(_Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     optim: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"] = Field(
-        "adamw_torch_fused", description="Optimizer. adamw_torch_fused: AdamW in one fused kernel per step (GPU and "
-        "CPU), the fastest; adamw_torch: the same maths one tensor at a time; the 8-bit ones (bitsandbytes) save GPU memory."
+        "adamw_torch_fused", description="Optimizer. adamw_torch_fused: AdamW in one fused kernel per step, the "
+        "fastest on GPUs; adamw_torch: the same maths one tensor at a time; the 8-bit ones (bitsandbytes) save GPU memory."
     )
     group_by_length: bool = Field(
         True, description="Batch conversations of similar length together: less padding, faster steps."

@@ -213,17 +213,20 @@ class SideBySide:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=None)
         else:  # the demo's generation_config may carry sampling settings that greedy search would warn about
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        if isinstance(model, PeftModel):
-            kwargs["adapter_names"] = list(columns)
         kwargs.update(generate_kwargs)
         failure: list[BaseException] = []
 
         def run() -> None:
             try:
                 with self._lock, torch.inference_mode():
+                    # the model as it is now: an adapter attached since `model` was read has wrapped the base
+                    # in a PeftModel and injected its layers, so every row must be routed, the base's included
+                    current = self._model or model  # (or released meanwhile: the one read is still whole)
+                    if isinstance(current, PeftModel):
+                        kwargs["adapter_names"] = list(columns)
                     if seed is not None:
                         torch.manual_seed(seed)
-                    model.generate(**kwargs)
+                    current.generate(**kwargs)
             except BaseException as error:  # noqa: BLE001 - re-raised in the reader's thread
                 failure.append(error)
             finally:
