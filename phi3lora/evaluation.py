@@ -99,11 +99,10 @@ def should_run_in_background(run_id: str) -> bool:
 
 def _check_evaluable(run_id: str) -> None:
     path = runs.run_dir(run_id)
-    attempt = runs.latest_attempt(path)
-    status, _ = runs.attempt_status(attempt) if attempt else (None, None)
+    status = runs.current_status(path)
     if status in (QUEUED, RUNNING):
         raise EvaluationError(f"run {run_id} is {status}: evaluate it once training has finished")
-    if not ((path / "adapter_config.json").is_file() and (path / "adapter_model.safetensors").is_file()):
+    if not runs.has_adapter(path):
         raise EvaluationError(f"run {run_id} has no adapter" + (f" (its training ended {status})" if status else "")
                               + ": there is nothing to evaluate; resume or rerun its training first")
     eval_split(run_id)

@@ -138,11 +138,10 @@ def start_export(run_id: str, dtype: str | None = None) -> str:
 
 
 def _check_exportable(run_id: str, path: Path) -> None:
-    attempt = runs.latest_attempt(path)
-    status, _ = runs.attempt_status(attempt) if attempt else (None, None)
+    status = runs.current_status(path)
     if status in (QUEUED, RUNNING):
         raise ExportError(f"run {run_id} is {status}: export its adapter once training has finished")
-    if not ((path / "adapter_config.json").is_file() and (path / "adapter_model.safetensors").is_file()):
+    if not runs.has_adapter(path):
         raise ExportError(f"run {run_id} has no adapter yet" + (f" (its training ended {status})" if status else "")
                           + ": there is nothing to export")
 

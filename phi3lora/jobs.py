@@ -177,8 +177,7 @@ def cancel_run(run_id: str) -> str:
 def resume_run(run_id: str) -> None:
     """Queue a new attempt that continues from the newest whole checkpoint."""
     path = runs.run_dir(run_id)
-    attempt = runs.latest_attempt(path)
-    status, _ = runs.attempt_status(attempt) if attempt else (runs.INTERRUPTED, None)
+    status = runs.current_status(path) or runs.INTERRUPTED  # never queued: as good as interrupted
     if status not in (FAILED, CANCELLED, runs.INTERRUPTED):
         raise RunStateError(f"run {run_id} is {status}: only a failed, cancelled or interrupted run can be resumed")
     _refuse_while_reading_the_adapter(run_id, "resumed")
@@ -198,8 +197,7 @@ def wait_for_run(run_id: str, timeout: float | None = None) -> RunInfo:
 
 def delete_run(run_id: str) -> None:
     path = runs.run_dir(run_id)
-    attempt = runs.latest_attempt(path)
-    status, _ = runs.attempt_status(attempt) if attempt else (runs.INTERRUPTED, None)
+    status = runs.current_status(path)
     if status in (QUEUED, RUNNING):
         raise RunStateError(f"run {run_id} is {status}: cancel it first")
     _refuse_while_reading_the_adapter(run_id, "deleted")
@@ -435,15 +433,13 @@ def train_attempt(config: JobConfig, output_dir: Path, attempt: Path, resume: bo
 def _disk_full_reason(error: Exception, output_dir: Path) -> str | None:
     """A plain sentence when `error` is a full disk (safetensors and torch.save report it only in their text),
     naming the checkpoint that was being written, if that is where it happened."""
-    from .training import checkpoint_problem
+    from .training import PREFIX_CHECKPOINT_DIR, checkpoint_problem, checkpoint_step
 
     found = DISK_FULL.search(str(error))
     if not found and not (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)):
         return None
     cause = found.group(0) if found else os.strerror(error.errno)
-    steps = {int(step): folder for folder in (output_dir / "checkpoints").glob("checkpoint-*")
-             if (step := folder.name.removeprefix("checkpoint-")).isdigit()}
-    newest = steps[max(steps)] if steps else None
+    newest = max((output_dir / "checkpoints").glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=checkpoint_step, default=None)
     if newest and checkpoint_problem(newest):
         what = f"{newest.name} could not be written in {newest.parent}"
     else:

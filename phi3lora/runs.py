@@ -147,6 +147,17 @@ def latest_attempt(path: Path) -> Path | None:
     return attempts[-1] if attempts else None
 
 
+def current_status(path: Path) -> str | None:
+    """The status of a run's latest attempt; None when it has none yet."""
+    attempt = latest_attempt(path)
+    return attempt_status(attempt)[0] if attempt else None
+
+
+def has_adapter(path: Path) -> bool:
+    """Whether the run folder holds its final adapter (saved when training ends, cancelled runs included)."""
+    return (path / "adapter_config.json").is_file() and (path / "adapter_model.safetensors").is_file()
+
+
 def attempt_status(attempt: Path) -> tuple[str, str | None]:
     """(status, reason) of one attempt, derived from its records and whether its supervisor still lives."""
     exit_record = read_record(attempt / "exit.json")

@@ -213,7 +213,7 @@ CHECKPOINT_FILES = ("adapter_model.safetensors", "adapter_config.json", "trainer
 def latest_valid_checkpoint(folder: Path, log=print) -> Path | None:
     """The newest checkpoint that is whole. Trainer writes checkpoint-N in place, so a kill mid-save leaves a
     folder that looks like the newest; transformers' get_last_checkpoint would pick it. We check each file."""
-    candidates = sorted(folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=_step_of, reverse=True)
+    candidates = sorted(folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=checkpoint_step, reverse=True)
     for candidate in candidates:
         problem = checkpoint_problem(candidate)
         if problem is None:
@@ -225,9 +225,9 @@ def latest_valid_checkpoint(folder: Path, log=print) -> Path | None:
 def remove_checkpoints_after(checkpoint: Path | None, folder: Path, log=print) -> None:
     """Delete the checkpoints newer than the one resumed from (all cut short, or it would have been picked): left
     in place, they count as the newest when Trainer rotates checkpoints (save_total_limit) and push whole ones out."""
-    resumed = _step_of(checkpoint) if checkpoint else -1
+    resumed = checkpoint_step(checkpoint) if checkpoint else -1
     for stale in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        if _step_of(stale) > resumed:
+        if checkpoint_step(stale) > resumed:
             shutil.rmtree(stale)
             log(f"removed {stale.name}: it was cut short")
 
@@ -248,12 +248,13 @@ def checkpoint_problem(folder: Path) -> str | None:
                     return f"{name} is corrupt"
     except (OSError, ValueError, zipfile.BadZipFile, safetensors.SafetensorError) as error:
         return f"unreadable ({type(error).__name__}: {error})"
-    if state.get("global_step") != _step_of(folder):
+    if state.get("global_step") != checkpoint_step(folder):
         return "trainer_state.json does not match the folder's step"
     return None
 
 
-def _step_of(folder: Path) -> int:
+def checkpoint_step(folder: Path) -> int:
+    """N of checkpoint-N; -1 for a folder not named so."""
     try:
         return int(folder.name.rsplit("-", 1)[-1])
     except ValueError:
