@@ -141,6 +141,7 @@ def _begin(run_id: str, samples: int, max_new_tokens: int) -> Path:
 
 def _evaluate_into(run_id: str, folder: Path, samples: int, max_new_tokens: int,
                    log: Callable[[str], Any]) -> dict[str, Any]:
+    from .model_thread import on_model_thread
     from .side_by_side import SideBySide
 
     started = time.time()
@@ -150,7 +151,8 @@ def _evaluate_into(run_id: str, folder: Path, samples: int, max_new_tokens: int,
     model = SideBySide(config.model.base_model, config.model)
     model.add_adapter(ADAPTED, path)
     try:
-        base_loss, adapted_loss, tokens = eval_losses(model.model, model.tokenizer, conversations, config)
+        base_loss, adapted_loss, tokens = on_model_thread(eval_losses, model.model, model.tokenizer, conversations,
+                                                          config)
         log(f"loss over {tokens} tokens: base {base_loss:.4f}, adapted {adapted_loss:.4f}")
         rows = sample_answers(model, conversations[:samples], max_new_tokens)
     finally:

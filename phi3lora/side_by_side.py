@@ -8,7 +8,9 @@ column (each with its own conversation) computed in ONE batched `generate`, text
     sbs.release()
 
 Columns are adapter names or BASE ("__base__", the plain base); peft's mixed adapter batches route every row
-through its own adapter. Prompts differ in length, so they are padded on the left.
+through its own adapter. Prompts differ in length, so they are padded on the left. On the CPU, the linears of
+a generate take the form that makes a few rows cost about what one does (few_rows.py). Loading, attaching and
+generating all run on the process's one model thread (model_thread.py).
 
 Streaming decodes incrementally: each step decodes only the last few tokens of a row (a window that starts one
 decoded chunk back, so that spaces and merges at the seam come out as in a full decode), and holds back a
@@ -31,6 +33,8 @@ from transformers.generation.streamers import BaseStreamer
 
 from .compare import BASE, AdapterError, adapter_settings, load_with_adapters
 from .config import ModelSettings
+from .few_rows import few_row_linears
+from .model_thread import in_model_thread, on_model_thread, submit_to_model_thread
 from .modeling import stop_token_ids
 
 __all__ = ["BASE", "ColumnStreamer", "SideBySide"]
@@ -149,7 +153,8 @@ class SideBySide:
         if self._model is None:
             with self._load_lock:
                 if self._model is None:
-                    model, self._tokenizer = load_with_adapters(self.base_model, dict(self._adapters), self.settings)
+                    model, self._tokenizer = on_model_thread(
+                        load_with_adapters, self.base_model, dict(self._adapters), self.settings)
                     self._model = model  # last: a model that is set comes with its tokenizer
 
     def add_adapter(self, name: str, path: str | Path) -> None:
@@ -163,7 +168,9 @@ class SideBySide:
             # Nothing loaded yet: the first adapter's base and load settings are the default
             self.base_model = self.base_model or trained_on
             self.settings = self.settings or settings
-        path = Path(path)
+        on_model_thread(self._attach, name, Path(path))
+
+    def _attach(self, name: str, path: Path) -> None:
         with self._lock:  # not in the middle of another generation: its rows would change adapters mid-answer
             if self._model is not None:
                 if isinstance(self._model, PeftModel):
@@ -194,6 +201,8 @@ class SideBySide:
             raise ValueError(f"{len(columns)} columns but {len(conversations)} conversations")
         if not columns:
             return
+        if in_model_thread():  # its generate would wait behind this very call for ever
+            raise RuntimeError("SideBySide.stream cannot be read on the model thread; call it from another one")
         unknown = [c for c in columns if c != BASE and c not in self._adapters]
         if unknown:
             raise AdapterError(f"no adapter named {', '.join(map(repr, unknown))}; attached: {self.adapters or 'none'}")
@@ -218,6 +227,8 @@ class SideBySide:
 
         def run() -> None:
             try:
+                if cancel.is_set():  # the reader left while this waited for its turn
+                    return
                 with self._lock, torch.inference_mode():
                     # the model as it is now: an adapter attached since `model` was read has wrapped the base
                     # in a PeftModel and injected its layers, so every row must be routed, the base's included
@@ -226,20 +237,20 @@ class SideBySide:
                         kwargs["adapter_names"] = list(columns)
                     if seed is not None:
                         torch.manual_seed(seed)
-                    current.generate(**kwargs)
+                    with few_row_linears(current):
+                        current.generate(**kwargs)
             except BaseException as error:  # noqa: BLE001 - re-raised in the reader's thread
                 failure.append(error)
             finally:
                 streamer.end()
 
-        thread = threading.Thread(target=run, name="side-by-side-generate", daemon=True)
-        thread.start()
+        generation = submit_to_model_thread(run)
         try:
             while (item := streamer.queue.get()) is not _DONE:
                 yield item
         finally:
             cancel.set()  # the reader stopped early (or we are done): let generate end at its next step
-            thread.join()
+            generation.result()
         if failure:
             raise failure[0]
 
