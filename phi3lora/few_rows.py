@@ -57,7 +57,7 @@ def _takes_the_form(module: nn.Module) -> bool:
 def few_row_linears(model: nn.Module) -> Iterator[int]:
     """While inside, `model`'s eligible linears compute 2 to 4 rows as W @ x^T. Yields how many linears took
     that form (0 for a model on the GPU). Not for concurrent use of the same model by another thread: callers
-    hold the model's generation lock."""
+    run it on the model thread (model_thread.py), as everything that computes with the model runs."""
     linears = [m for m in model.modules() if _takes_the_form(m)]
     try:
         for linear in linears:

@@ -8,7 +8,8 @@ parallel regions of a decoding step then waits for its workers to wake. Measured
 (2 cores, torch 2.13, demo model, 64 new tokens, batch of 2): a generate in a fresh thread took 0.17-0.19 s
 while no other thread had run torch operators, and 0.34-0.41 s once the main thread had, even 1 s later. A
 Gradio app calls in from many threads; with every model computation on this thread, the process holds one team.
-Callers wait for their turn here, as they waited for the model's generation lock before.
+It is also what orders that work: one generation at a time, and adapters attached and models dropped only
+between generations, never during one.
 """
 from __future__ import annotations
 

@@ -127,8 +127,6 @@ class SideBySide:
         self._adapters: dict[str, Path] = {}
         self._model = None
         self._tokenizer = None
-        self._lock = threading.Lock()  # one generation at a time: adapter routing is per model, not per call
-        self._load_lock = threading.Lock()  # first uses that arrive together load the model once
 
     # ---- model and adapters ---------------------------------------------------------------------------------
     @property
@@ -151,11 +149,12 @@ class SideBySide:
 
     def _ensure_loaded(self) -> None:
         if self._model is None:
-            with self._load_lock:
-                if self._model is None:
-                    model, self._tokenizer = on_model_thread(
-                        load_with_adapters, self.base_model, dict(self._adapters), self.settings)
-                    self._model = model  # last: a model that is set comes with its tokenizer
+            on_model_thread(self._load)
+
+    def _load(self) -> None:  # on the model thread, one call after another: first uses that arrive together load once
+        if self._model is None:
+            model, self._tokenizer = load_with_adapters(self.base_model, dict(self._adapters), self.settings)
+            self._model = model  # last: a model that is set comes with its tokenizer
 
     def add_adapter(self, name: str, path: str | Path) -> None:
         """Attach the adapter in `path` under `name`, to the base already in memory when there is one."""
@@ -171,20 +170,23 @@ class SideBySide:
         on_model_thread(self._attach, name, Path(path))
 
     def _attach(self, name: str, path: Path) -> None:
-        with self._lock:  # not in the middle of another generation: its rows would change adapters mid-answer
-            if self._model is not None:
-                if isinstance(self._model, PeftModel):
-                    self._model.load_adapter(str(path), adapter_name=name)
-                else:
-                    self._model = PeftModel.from_pretrained(self._model, str(path), adapter_name=name)
-                self._model.eval()
-            self._adapters[name] = path
+        # on the model thread: between generations, never in one (its rows would change adapters mid-answer)
+        if self._model is not None:
+            if isinstance(self._model, PeftModel):
+                self._model.load_adapter(str(path), adapter_name=name)
+            else:
+                self._model = PeftModel.from_pretrained(self._model, str(path), adapter_name=name)
+            self._model.eval()
+        self._adapters[name] = path
 
     def release(self) -> None:
-        """Drop the model and free its memory; the next use loads it again, with the same adapters."""
-        with self._lock:
-            self._model = None
-            self._tokenizer = None
+        """Drop the model and free its memory, once the generations already asked for have ended; the next use
+        loads it again, with the same adapters."""
+        on_model_thread(self._drop)
+
+    def _drop(self) -> None:
+        self._model = None
+        self._tokenizer = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -229,7 +231,7 @@ class SideBySide:
             try:
                 if cancel.is_set():  # the reader left while this waited for its turn
                     return
-                with self._lock, torch.inference_mode():
+                with torch.inference_mode():
                     # the model as it is now: an adapter attached since `model` was read has wrapped the base
                     # in a PeftModel and injected its layers, so every row must be routed, the base's included
                     current = self._model or model  # (or released meanwhile: the one read is still whole)
