@@ -261,6 +261,9 @@ class _NotJSON(Exception):
         super().__init__(reason)
         self.reason, self.line, self.column = reason, line, column
 
+    def reason_at_column(self) -> str:
+        return f"{self.reason} (column {self.column})" if self.column else self.reason
+
 
 def _loads(text: str) -> Any:
     """json.loads, with each way it fails (syntax, a number too long to convert, nesting) as a _NotJSON."""
@@ -289,8 +292,7 @@ def _parse_jsonl(text: str) -> tuple[list[tuple[int, Any]], list[Problem]]:
         try:
             rows.append((number, _loads(line)))
         except _NotJSON as error:
-            where = f" (column {error.column})" if error.column else ""
-            problems.append(Problem(number, f"line {number} is not valid JSON: {error.reason}{where}"))
+            problems.append(Problem(number, f"line {number} is not valid JSON: {error.reason_at_column()}"))
     return rows, problems
 
 
@@ -325,9 +327,8 @@ def _parse_json(text: str) -> list[tuple[int, Any]]:
         else:
             lists = [key for key, value in data.items() if isinstance(value, list)]
             if len(lists) != 1:
-                keys = ", ".join(map(_shown, list(data)[:20])) + (", ..." if len(data) > 20 else "") or "none"
                 raise _Unreadable("expected a JSON array of records, or an object holding one list of records; "
-                                  f"found an object with keys {keys}")
+                                  f"found an object with keys {_shown_names(list(data))}")
             data = data[lists[0]]
     if not isinstance(data, list):
         raise _Unreadable(f"expected a JSON array of records, found {_describe(data)}")
@@ -393,10 +394,7 @@ def _detect(records: list[dict]) -> str | None:
 
 
 def _no_format_message(objects: list[tuple[int, dict]]) -> str:
-    columns = list(dict.fromkeys(key for _, row in objects for key in row))
-    found = ", ".join(map(_shown, columns[:20])) or "none"
-    if len(columns) > 20:
-        found += ", ..."
+    found = _shown_names(list(dict.fromkeys(key for _, row in objects for key in row)))
     needs = ["+".join(map(repr, keys)) for keys in _REQUIRED.values()]
     return f"no known format: found columns {found}; expected {', '.join(needs[:-1])}, or {needs[-1]}"
 
@@ -406,8 +404,7 @@ def _ignored_columns_warning(objects: list[tuple[int, dict]], fmt: str) -> list[
     ignored = list(dict.fromkeys(key for _, row in objects for key in row if key not in known))
     if not ignored:
         return []
-    shown = ", ".join(map(_shown, ignored[:20])) + (", ..." if len(ignored) > 20 else "")
-    return [f"ignored columns (not part of the {fmt} format): {shown}"]
+    return [f"ignored columns (not part of the {fmt} format): {_shown_names(ignored)}"]
 
 
 # ---------------------------------------------------------------------------------------------- normalising
@@ -609,8 +606,7 @@ def _tools_text(tools: Any) -> str | None:
         try:
             tools = _loads(tools)
         except _NotJSON as error:
-            where = f" (column {error.column})" if error.column else ""
-            raise _Invalid(f"tools is not valid JSON: {error.reason}{where}") from None
+            raise _Invalid(f"tools is not valid JSON: {error.reason_at_column()}") from None
     if tools is None or tools == [] or tools == {}:
         return None
     if not isinstance(tools, (list, dict)):
@@ -730,6 +726,11 @@ def _shown(value: Any) -> str:
     """repr of a value from the file for a message, cut short: a column name may be megabytes long."""
     text = repr(value)
     return text if len(text) <= _MAX_SHOWN_CHARS else text[:_MAX_SHOWN_CHARS - 4] + "...'"
+
+
+def _shown_names(names: list) -> str:
+    """The first 20 names (column names, keys) from the file, each cut short, for a message; "none" for none."""
+    return ", ".join(map(_shown, names[:20])) + (", ..." if len(names) > 20 else "") or "none"
 
 
 def _quoted(names, conjunction: str = "and") -> str:
