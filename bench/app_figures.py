@@ -32,6 +32,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 import httpx
 import psutil
 from app_server import app_server, launch, stop
+from load import percentile  # nearest rank, as the load test reports it
 
 P95_TARGET = 1.5
 BLOCK = 20  # calls per block; idle and training blocks alternate
@@ -120,11 +121,6 @@ def idle_and_training_latencies(client: httpx.Client, finished: str, training: s
         time.sleep(0.5)  # back at full speed
         busy += timed_calls(client, training, size)
     return idle, busy
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def summary(times: list[float]) -> str:
