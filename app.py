@@ -5,7 +5,8 @@ import os
 
 from phi3lora import runs
 from phi3lora.ui import build_app
-from phi3lora.ui.common import max_upload_bytes
+from phi3lora.ui.app import app_kwargs
+from phi3lora.ui.common import DOWNLOADS, max_upload_bytes
 
 
 def password_logins() -> list[tuple[str, str]] | None:
@@ -23,7 +24,9 @@ def main() -> None:
     build_app().launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),  # the port: gradio reads GRADIO_SERVER_PORT
         max_file_size=max_upload_bytes(),
-        blocked_paths=[str(runs.data_root())],  # run folders and private uploads are never served
+        # Run folders, private uploads and downloads are never served by Gradio (downloads: by their own route).
+        blocked_paths=[str(runs.data_root()), str(DOWNLOADS)],
+        app_kwargs=app_kwargs(),
         auth=password_logins(),
         ssr_mode=False,
     )

@@ -83,7 +83,7 @@ class Policy:
         ids exist."""
         runs.run_dir(run_id)  # validates the id and that the run exists
         if not self.owns(visitor, run_id):
-            raise runs.RunNotFound(f"no run {run_id} under {runs.runs_root()}")
+            raise runs.RunNotFound(runs.not_found(run_id))
         if action != "see":
             self.require_training(visitor, action)
 

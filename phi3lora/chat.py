@@ -12,12 +12,10 @@ refuses to load it when memory is short (training may hold the GPU), and drops i
 from __future__ import annotations
 
 import gc
-import hashlib
 import os
 import re
 import threading
 import time
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,8 @@ from pathlib import Path
 import psutil
 import torch
 
-from . import jobs, runs
+from . import adapter_zip, jobs, limits, runs
+from .allowed_models import BaseModelNotAllowed
 from .compare import BASE, AdapterError, adapter_settings
 from .config import ModelSettings
 from .errors import UserError
@@ -33,8 +32,8 @@ from .modeling import DEFAULT_GPU_MODEL, choose_base_model, resolve_dtype
 from .side_by_side import SideBySide
 
 BASE_COLUMN = "base"
-ADAPTER_ZIP_MEMBERS = ("adapter_config.json", "adapter_model.safetensors", "config.yaml")  # all we ever extract
-MAX_ADAPTER_BYTES = 4 * 1024**3  # uncompressed; a LoRA adapter of Phi-3-mini at rank 64 is ~0.2 GB
+ADAPTER_ZIP_MEMBERS = adapter_zip.ADAPTER_FILES  # all we ever extract or fetch
+LOCAL_UPLOADER = "local"  # whose uploads they are when no visitor is named (the CLI, tests)
 HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 KNOWN_PARAMETERS = {DEFAULT_GPU_MODEL: 3.82e9, "microsoft/Phi-3-mini-128k-instruct": 3.82e9}
 DEFAULT_IDLE_MINUTES = 15.0
@@ -70,64 +69,56 @@ def run_adapters() -> list[AdapterChoice]:
 
 
 def _run_choice(info: jobs.RunInfo) -> AdapterChoice:
-    base, settings = adapter_settings(info.adapter)
+    base, settings = adapter_settings(info.adapter, check_base=False)  # trained here: its base was checked then
     label = f"{info.id} · {info.method} · {Path(info.dataset).name} · {info.status}"
     return AdapterChoice(f"run:{info.id}", label, Path(info.adapter), base, settings)
 
 
-def uploaded_adapters_root() -> Path:
-    return runs.data_root() / "adapters"
-
-
-def import_adapter_zip(zip_path: str | Path) -> AdapterChoice:
+def import_adapter_zip(zip_path: str | Path, owner_key: str = LOCAL_UPLOADER) -> AdapterChoice:
     """Unpack an adapter zip (PEFT layout: adapter_config.json + adapter_model.safetensors, optionally our
-    config.yaml) into the data root. Only those files are extracted, whatever else the zip holds."""
-    zip_path = Path(zip_path)
-    try:
-        archive = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as error:
-        raise AdapterError(f"{zip_path.name} is not a readable zip file ({error})") from None
-    with archive:
-        members = {Path(info.filename).name: info for info in archive.infolist() if not info.is_dir()}
-        if "adapter_model.bin" in members and "adapter_model.safetensors" not in members:
-            raise AdapterError(f"{zip_path.name} holds adapter_model.bin: pickled weights are never loaded here; "
-                               "save the adapter with safetensors (peft's default) and zip it again")
-        missing = [name for name in ADAPTER_ZIP_MEMBERS[:2] if name not in members]
-        if missing:
-            raise AdapterError(f"{zip_path.name} is not a PEFT adapter zip: {' and '.join(missing)} missing")
-        wanted = [members[name] for name in ADAPTER_ZIP_MEMBERS if name in members]
-        total = sum(info.file_size for info in wanted)
-        if total > MAX_ADAPTER_BYTES:
-            raise AdapterError(f"{zip_path.name} unpacks to {total / 1024**3:.1f} GB, over the "
-                               f"{MAX_ADAPTER_BYTES / 1024**3:.0f} GB an adapter may take")
-        digest = hashlib.sha256(archive.read(members["adapter_model.safetensors"])).hexdigest()[:10]
-        name = re.sub(r"[^\w.-]", "_", zip_path.stem)[:60] + "-" + digest
-        target = uploaded_adapters_root() / name
-        target.mkdir(parents=True, exist_ok=True)
-        for info in wanted:
-            (target / Path(info.filename).name).write_bytes(archive.read(info))
+    config.yaml) into the folder of the visitor `owner_key` (access.Visitor.owner_key). Only those files are
+    extracted, streamed under caps; see adapter_zip.py for the caps, the quota and how long uploads are kept."""
+    target = adapter_zip.unpack(zip_path, owner_key)
     base, settings = adapter_settings(target)
-    return AdapterChoice(f"upload:{name}", f"{zip_path.name} (uploaded)", target, base, settings)
+    return AdapterChoice(f"upload:{target.name}", f"{Path(zip_path).name} (uploaded)", target, base, settings)
 
 
 def download_hub_adapter(repo_id: str) -> AdapterChoice:
-    """Fetch an adapter from the hub (safetensors and its config only)."""
+    """Fetch an adapter from the hub (safetensors and its config only). The weights are fetched only when the
+    hub's size for them is within what the adapter can weigh (adapter_zip.weights_cap, from its config)."""
     repo_id = repo_id.strip()
     if not HUB_REPO_ID.match(repo_id):
         raise AdapterError(f"{repo_id!r} is not a hub repository id (they look like owner/name)")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    import huggingface_hub
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     try:
-        folder = snapshot_download(repo_id, allow_patterns=list(ADAPTER_ZIP_MEMBERS[:2]))
-    except LocalEntryNotFoundError:
+        sizes = _hub_sizes(huggingface_hub.HfApi(), repo_id)
+        config = Path(huggingface_hub.hf_hub_download(repo_id, "adapter_config.json"))
+        base, _ = adapter_settings(config.parent)
+        cap = adapter_zip.weights_cap(adapter_zip.read_adapter_config(config.parent, repo_id), base, owner=None)
+        if sizes[adapter_zip.WEIGHTS] > cap.bytes:
+            raise cap.refuse(repo_id, adapter_zip.WEIGHTS, verb="weighs")
+        folder = huggingface_hub.snapshot_download(repo_id, allow_patterns=list(ADAPTER_ZIP_MEMBERS[:2]))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
         raise AdapterError(f"cannot fetch {repo_id}: the hub cannot be reached from this server") from None
     except HfHubHTTPError as error:
         raise AdapterError(f"cannot fetch {repo_id} from the hub: {str(error).splitlines()[0]}") from None
-    if not (Path(folder) / "adapter_model.safetensors").is_file():
-        raise AdapterError(f"{repo_id} has no adapter_model.safetensors (only safetensors adapters are loaded)")
     base, settings = adapter_settings(folder)
     return AdapterChoice(f"hub:{repo_id}", f"{repo_id} (hub)", Path(folder), base, settings)
+
+
+def _hub_sizes(api, repo_id: str) -> dict[str, int]:
+    """The hub's sizes of the adapter's two files, refusing a repository without them or a config too long."""
+    entries = api.get_paths_info(repo_id, list(ADAPTER_ZIP_MEMBERS[:2]))
+    sizes = {entry.path: getattr(entry, "size", None) for entry in entries}  # a folder of that name has no size
+    if not isinstance(sizes.get(adapter_zip.WEIGHTS), int):
+        raise AdapterError(f"{repo_id} has no adapter_model.safetensors (only safetensors adapters are loaded)")
+    if not isinstance(sizes.get("adapter_config.json"), int):
+        raise AdapterError(f"{repo_id} is not a PEFT adapter: adapter_config.json missing")
+    if sizes["adapter_config.json"] > adapter_zip.SMALL_FILE_CAP.bytes:
+        raise adapter_zip.SMALL_FILE_CAP.refuse(repo_id, "adapter_config.json", verb="weighs")
+    return sizes
 
 
 # --- memory --------------------------------------------------------------------------------------------------
@@ -179,8 +170,12 @@ def check_memory(name_or_path: str, settings: ModelSettings) -> None:
 
 def compare(adapter_dir: str | Path, prompt: str, base_model: str | None = None, max_new_tokens: int = 128,
             system: str | None = None) -> dict[str, str]:
-    """{"base": ..., "adapted": ...}: greedy answers of the base and of base + adapter, in one mixed batch."""
-    trained_on, settings = adapter_settings(adapter_dir)
+    """{"base": ..., "adapted": ...}: greedy answers of the base and of base + adapter, in one mixed batch.
+    The base is `base_model`, else the one the adapter names, which must then be on the allow-list."""
+    try:
+        trained_on, settings = adapter_settings(adapter_dir, check_base=not base_model)
+    except BaseModelNotAllowed as error:
+        raise BaseModelNotAllowed(f"{error}; or pass --model to name the base yourself") from None
     engine = SideBySide(base_model or trained_on, settings)
     engine.add_adapter("adapted", adapter_dir)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -289,6 +284,8 @@ class ChatService:
     def stream(self, adapters: list[AdapterChoice], columns: list[str], conversations: list[list[dict]],
                load_in_4bit: bool = False, **sampling) -> Iterator[list[str]]:
         """Texts of every column after each new token. A column is BASE_COLUMN or the ref of one of `adapters`."""
+        for conversation in conversations:  # before any model loads: a huge text is refused untokenised
+            limits.check_prompt_characters(sum(len(str(m.get("content", ""))) for m in conversation))
         names = {choice.ref: choice.adapter_name for choice in adapters}
         unknown = [c for c in columns if c != BASE_COLUMN and c not in names]
         if unknown:
@@ -298,7 +295,7 @@ class ChatService:
         with self._lock:
             self._busy += 1
         try:
-            yield from engine.stream(routed, conversations, **sampling)
+            yield from engine.stream(routed, conversations, limit_prompt=True, **sampling)
         except torch.OutOfMemoryError:
             self.release()
             raise ChatMemoryError("Out of memory while generating: the chat model was released to free it. Try "
@@ -315,5 +312,5 @@ def _base_of(choice: AdapterChoice) -> str:
         return choose_base_model(None).name_or_path
     path = choose_base_model(choice.base_model).name_or_path
     if os.path.isabs(path) and not Path(path).is_dir():
-        raise AdapterError(f"{choice.label} was trained on {path}, which is not on this server")
+        raise AdapterError(f"{choice.label} was trained on {Path(path).name}, which is not on this server")
     return path

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
+from .allowed_models import remote_code_allowed, require_allowed
 from .errors import UserError
 from .config import JobConfig, ModelSettings
 from .modeling import choose_base_model, load_base_model, load_tokenizer, stop_token_ids
@@ -22,17 +23,36 @@ class AdapterError(UserError, ValueError):
     """An adapter folder is missing or incomplete; the message names the folder and the missing file."""
 
 
-def adapter_settings(adapter_dir: str | Path) -> tuple[str | None, ModelSettings]:
-    """The base model an adapter was trained on and how it was loaded, from its run folder or its adapter_config."""
+def adapter_settings(adapter_dir: str | Path, check_base: bool = True) -> tuple[str | None, ModelSettings]:
+    """The base model an adapter was trained on and how it was loaded, from its run folder or its adapter_config.
+
+    An adapter is someone else's data: what it says never turns on code execution (trust_remote_code stays the
+    operator's switch, $PHI3LORA_ALLOW_REMOTE_CODE), and with `check_base` the base it names must be on the
+    operator's allow-list (allowed_models.py). Pass check_base=False only for adapters this server trained
+    itself, or when the caller names the base model."""
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
-        raise AdapterError(f"{adapter_dir} is not an adapter folder: adapter_config.json is missing")
+        raise AdapterError(f"{adapter_dir.name} is not an adapter folder: adapter_config.json is missing")
     run_config = adapter_dir / "config.yaml"
     if run_config.is_file():
         settings = JobConfig.from_yaml(run_config).model
-        return settings.base_model, settings
-    base = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    return base, ModelSettings()
+        base = settings.base_model
+    else:
+        base, settings = _peft_base(adapter_dir / "adapter_config.json"), ModelSettings()
+    if check_base and base:
+        require_allowed(base, f"the adapter {adapter_dir.name}")
+    if settings.trust_remote_code and not remote_code_allowed():
+        settings = settings.model_copy(update={"trust_remote_code": False})
+    return base, settings
+
+
+def _peft_base(adapter_config: Path) -> str | None:
+    try:
+        values = json.loads(adapter_config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise AdapterError(f"{adapter_config.parent.name}: adapter_config.json is not readable JSON ({error})"[:300]) from None
+    base = values.get("base_model_name_or_path") if isinstance(values, dict) else None
+    return base if isinstance(base, str) and base else None
 
 
 def load_with_adapters(base_model: str | None, adapters: dict[str, str | Path], settings: ModelSettings | None = None):

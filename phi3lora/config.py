@@ -20,14 +20,45 @@ from .errors import UserError
 PHI3_LINEAR_MODULES = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 PHI3_EMBEDDING_MODULE = "embed_tokens"  # the Cookbook's loralib section allows LoRA on embeddings too
 SECTIONS = ("model", "data", "training_config", "peft_config")
+MAX_YAML_CHARS = 1_000_000  # a job file is a few kB; this bounds what one parse of a user's text may cost
+SHOWN_CHARS = 60  # how much of a user's value a message quotes
+
+
+def shorten(value: Any) -> str:
+    """repr of a user's value, cut to what a message needs to point at it."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 3] + "..."
 
 
 class ConfigError(UserError, ValueError):
     """A setting is wrong; the message names each field and what is wrong with it."""
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without aliases: a few hundred bytes of nested `*alias` references stand for gigabytes once
+    anything walks them (a "billion laughs"). A job never needs them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError(f"aliases (*name) are not accepted here ({self.peek_event().start_mark})")
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parse YAML (or JSON) that a user wrote, refusing aliases, huge texts and nesting Python cannot walk."""
+    if len(text) > MAX_YAML_CHARS:
+        raise ConfigError(f"{where} is {len(text):,} characters, over the {MAX_YAML_CHARS:,} a job may take")
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        reason = str(error).strip().splitlines()
+        raise ConfigError(f"{where} is not valid YAML: {' '.join(reason)[:200]}") from None
+    except (ValueError, RecursionError) as error:  # int() of thousands of digits; nesting deeper than the stack
+        raise ConfigError(f"{where} is not valid YAML: {str(error)[:120] or type(error).__name__}") from None
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -175,13 +206,12 @@ class JobConfig(_Section):
     @classmethod
     def from_yaml(cls, path: str | Path) -> JobConfig:
         try:
-            values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except OSError as error:
-            raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"cannot read config file {Path(path).name}: {getattr(error, 'strerror', None) or error}") from None
+        values = load_yaml(text, f"config file {Path(path).name}") or {}
         if not isinstance(values, dict):
-            raise ConfigError(f"config file {path} must hold a mapping with sections {', '.join(SECTIONS)}")
+            raise ConfigError(f"config file {Path(path).name} must hold a mapping with sections {', '.join(SECTIONS)}")
         return cls.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -196,9 +226,9 @@ class JobConfig(_Section):
         for assignment in assignments:
             key, sep, raw = assignment.partition("=")
             if not sep:
-                raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. training_config.learning_rate=2e-4")
+                raise ConfigError(f"--set {shorten(assignment)}: expected key=value, e.g. training_config.learning_rate=2e-4")
             section, field = _locate(key.strip())
-            values.setdefault(section, {})[field] = yaml.safe_load(raw) if raw.strip() else None
+            values.setdefault(section, {})[field] = load_yaml(raw, f"the value of {section}.{field}") if raw.strip() else None
         return JobConfig.from_dict(values)
 
     def explicitly_set(self) -> set[str]:
@@ -219,13 +249,13 @@ def _locate(key: str) -> tuple[str, str]:
     if "." in key:
         section, _, field = key.partition(".")
         if section not in SECTIONS:
-            raise ConfigError(f"unknown section {section!r} in {key!r}; sections are {', '.join(SECTIONS)}")
+            raise ConfigError(f"unknown section {shorten(section)} in {shorten(key)}; sections are {', '.join(SECTIONS)}")
         if field not in JobConfig.model_fields[section].annotation.model_fields:
-            raise ConfigError(f"unknown setting {key!r}")
+            raise ConfigError(f"unknown setting {shorten(key)}")
         return section, field
     matches = [name for name in SECTIONS if key in JobConfig.model_fields[name].annotation.model_fields]
     if not matches:
-        raise ConfigError(f"unknown setting {key!r}")
+        raise ConfigError(f"unknown setting {shorten(key)}")
     if len(matches) > 1:
         raise ConfigError(f"{key!r} is ambiguous: write one of {', '.join(f'{m}.{key}' for m in matches)}")
     return matches[0], key
@@ -234,11 +264,11 @@ def _locate(key: str) -> tuple[str, str]:
 def _explain(error: ValidationError) -> str:
     lines = []
     for problem in error.errors():
-        where = ".".join(str(part) for part in problem["loc"]) or "config"
+        where = ".".join(shorten(part).strip("'") for part in problem["loc"]) or "config"
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             message = "unknown setting"
         elif "input" in problem and not isinstance(problem["input"], dict):
-            message += f" (got {problem['input']!r})"
-        lines.append(f"{where}: {message}")
-    return "; ".join(lines)
+            message += f" (got {shorten(problem['input'])})"
+        lines.append(f"{where}: {message[:300]}")  # pydantic quotes the allowed values, never the input, in msg
+    return "; ".join(lines[:10]) + (f"; and {len(lines) - 10} more" if len(lines) > 10 else "")

@@ -58,9 +58,10 @@ DEFAULT_INLINE_MAX = 64  # eval conversations up to which the app may evaluate i
 GENERATE_BATCH = 8  # sample conversations per generate call (two rows each: base and adapted)
 STARTING_GRACE_SECONDS = 30.0  # between request.json and process.json the evaluation counts as starting, not lost
 CSV_COLUMNS = ("prompt", "reference", "base", "adapted")
-# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection"). The quote itself is
-# in the list so that escaping can be undone exactly (read_evaluation).
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection"), also after leading
+# white space or a line break. A leading quote counts too, so that escaping can be undone exactly (read_evaluation).
+_FORMULA_START = ("=", "+", "-", "@")
+_LEADING_SPACE = " \t\r\n"
 
 
 class EvaluationError(UserError, ValueError):
@@ -257,13 +258,17 @@ def _before_last_answer(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 
 # --- files --------------------------------------------------------------------------------------------------
 
+def _needs_quote(text: str) -> bool:
+    return text.startswith(("'", "\t", "\r", "\n")) or text.lstrip(_LEADING_SPACE).startswith(_FORMULA_START)
+
+
 def escape_cell(text: str) -> str:
     """A cell a spreadsheet shows as text: one that starts like a formula gets a leading single quote."""
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    return "'" + text if _needs_quote(text) else text
 
 
 def unescape_cell(text: str) -> str:
-    return text[1:] if text[:1] == "'" and text[1:].startswith(_FORMULA_START) else text
+    return text[1:] if text[:1] == "'" and _needs_quote(text[1:]) else text
 
 
 def write_samples(path: Path, rows: list[dict[str, str]]) -> None:

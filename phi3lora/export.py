@@ -53,9 +53,9 @@ def merge_and_save(adapter_dir: str | Path, out_dir: str | Path, log: Callable[[
     from .modeling import choose_base_model, load_base_model, load_tokenizer, resolve_dtype, stop_token_ids
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
-    base_name, settings = adapter_settings(adapter_dir)
+    base_name, settings = adapter_settings(adapter_dir, check_base=False)  # a run's, or a folder its operator named
     if not (adapter_dir / "adapter_model.safetensors").is_file():
-        raise AdapterError(f"{adapter_dir} holds no adapter weights (adapter_model.safetensors is missing): "
+        raise AdapterError(f"{adapter_dir.name} holds no adapter weights (adapter_model.safetensors is missing): "
                            "has its training finished?")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ExportError(f"{out_dir} already exists and is not empty: choose a new output folder")

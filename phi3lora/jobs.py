@@ -28,6 +28,7 @@ from pathlib import Path
 
 from . import data, limits, runs
 from .config import JobConfig
+from .allowed_models import remote_code_allowed
 from .errors import UserError
 from .runs import CANCELLED, COMPLETED, FAILED, FINISHED, QUEUED, RUNNING, read_record, write_record
 
@@ -149,11 +150,14 @@ def start_run(config: JobConfig, owner: str | None = None) -> str:
 
 def _check_limits(config: JobConfig, owner: str | None) -> None:
     """The operator's limits (limits.py) and the remote-code switch; each refusal names what it enforces."""
-    limits.check("PHI3LORA_MAX_SEQ_LENGTH", config.training_config.max_length, "training_config.max_length")
+    training = config.training_config
+    limits.check("PHI3LORA_MAX_SEQ_LENGTH", training.max_length, "training_config.max_length")
+    limits.check("PHI3LORA_MAX_STEPS", training.max_steps, "training_config.max_steps")
+    limits.check("PHI3LORA_MAX_EPOCHS", training.num_train_epochs, "training_config.num_train_epochs")
     if owner is not None:
         active = sum(1 for info in list_runs() if info.status in (QUEUED, RUNNING) and _owner(info.id) == owner)
         limits.check("PHI3LORA_MAX_QUEUED_PER_USER", active + 1, "your number of queued and running runs")
-    if config.model.trust_remote_code and os.environ.get("PHI3LORA_ALLOW_REMOTE_CODE", "").strip() != "1":
+    if config.model.trust_remote_code and not remote_code_allowed():
         raise UserError("model.trust_remote_code: this server does not run code from model repositories "
                         "(its owner can allow it with PHI3LORA_ALLOW_REMOTE_CODE=1)")
 

@@ -63,12 +63,18 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
+def not_found(run_id: str) -> str:
+    """The one answer for a run that does not exist or is not the asker's: its id, never the server's paths."""
+    return f"no run {run_id} on this server"
+
+
 def run_dir(run_id: str) -> Path:
     if not isinstance(run_id, str) or not RUN_ID.match(run_id):
-        raise RunNotFound(f"{run_id!r} is not a run id (they look like 20261123-170102-a1b2c3)")
+        shown = repr(run_id) if len(repr(run_id)) <= 60 else repr(run_id)[:57] + "..."
+        raise RunNotFound(f"{shown} is not a run id (they look like 20261123-170102-a1b2c3)")
     path = runs_root() / run_id
     if not (path / "run.json").is_file():
-        raise RunNotFound(f"no run {run_id} under {runs_root()}")
+        raise RunNotFound(not_found(run_id))
     return path
 
 

@@ -31,9 +31,11 @@ from peft import PeftModel
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from . import limits
 from .compare import BASE, AdapterError, adapter_settings, load_with_adapters
 from .config import ModelSettings
 from .few_rows import few_row_linears
+from .limits import LimitExceeded
 from .model_thread import in_model_thread, on_model_thread, submit_to_model_thread
 from .modeling import stop_token_ids
 
@@ -118,6 +120,19 @@ class _Cancelled(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+class PromptTooLong(LimitExceeded):
+    """A conversation over the prompt-token limit: one long prefill would stall every chat behind it."""
+
+
+def _check_prompt_tokens(lengths: list[int], config, max_new_tokens: int) -> None:
+    context = getattr(config, "max_position_embeddings", None) or limits.DEFAULT_MAX_PROMPT_TOKENS + max_new_tokens
+    most = limits.max_prompt_tokens(context, max_new_tokens)
+    longest = max(lengths)
+    if longest > most:
+        raise PromptTooLong(f"the conversation is {longest} tokens, over this server's limit of {most} "
+                            "(PHI3LORA_MAX_PROMPT_TOKENS): shorten the prompt or the system prompt, or Clear the chat")
+
+
 class SideBySide:
     """One base model (loaded on first use) with any number of adapters attached to it by name."""
 
@@ -162,7 +177,8 @@ class SideBySide:
             raise AdapterError(f"{name!r} cannot name an adapter: it is reserved for the plain base")
         if name in self._adapters:
             raise AdapterError(f"an adapter named {name!r} is already attached ({self._adapters[name]})")
-        trained_on, settings = adapter_settings(path)  # raises AdapterError on a folder that is not an adapter
+        # raises AdapterError on a folder that is not an adapter; whoever picked the adapter checked its base
+        trained_on, settings = adapter_settings(path, check_base=False)
         if not self._adapters and self._model is None:
             # Nothing loaded yet: the first adapter's base and load settings are the default
             self.base_model = self.base_model or trained_on
@@ -193,12 +209,13 @@ class SideBySide:
 
     # ---- generation -----------------------------------------------------------------------------------------
     def stream(self, columns: list[str], conversations: list[list[dict]], max_new_tokens: int = 128,
-               temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+               temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None, limit_prompt: bool = False,
                **generate_kwargs) -> Iterator[list[str]]:
         """Yield, after every generated token, the text so far of every column (one batched generate).
 
         `columns[i]` (an adapter name or BASE) answers `conversations[i]`. Greedy when temperature == 0;
-        with a seed, sampling is repeatable. Extra keyword arguments go to `generate` (e.g. min_new_tokens)."""
+        with a seed, sampling is repeatable. `limit_prompt` refuses conversations over the server's prompt limit
+        (limits.max_prompt_tokens) before generating. Extra keyword arguments go to `generate` (e.g. min_new_tokens)."""
         if len(columns) != len(conversations):
             raise ValueError(f"{len(columns)} columns but {len(conversations)} conversations")
         if not columns:
@@ -211,6 +228,8 @@ class SideBySide:
         model, tokenizer = self.model, self.tokenizer
         prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
         inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        if limit_prompt:
+            _check_prompt_tokens(inputs["attention_mask"].sum(dim=1).tolist(), model.config, max_new_tokens)
         stops = stop_token_ids(tokenizer)
         streamer = ColumnStreamer(tokenizer, len(columns), stops)
         cancel = threading.Event()

@@ -9,6 +9,7 @@ Win rate = (wins + ties / 2) / votes: a tie is half a win, "both bad" counts as 
 """
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from . import runs
 from .errors import UserError
 
 BASE_CONTENDER = "base"
+MAX_PENDING_PAIRS = 10_000  # generated pairs awaiting their vote; the oldest are forgotten first
 OUTCOMES = ("A", "B", "tie", "both_bad")
 Outcome = Literal["A", "B", "tie", "both_bad"]
 
@@ -85,3 +87,34 @@ def win_rate(run_id: str) -> WinRate:
         if record and record.get("result") in counts:
             counts[record["result"]] += 1
     return WinRate(counts["win"], counts["loss"], counts["tie"], counts["both_bad"])
+
+
+# --- one vote per generated pair ---------------------------------------------------------------------------------
+# A pair of answers is generated, then voted on once. The page keeps only the pair's id; the vote consumes it under
+# a lock, so a vote sent twice (or twenty times at once) counts once.
+
+_pending: dict[str, tuple[str, str, str]] = {}  # pair id -> (contender A, contender B, prompt)
+_pending_lock = threading.Lock()
+
+
+def new_pair(a: str, b: str, prompt: str) -> str:
+    """Register a generated pair (contenders as record_vote takes them; "" for one with no run to store votes
+    with) and return the id its single vote must quote."""
+    pair_id = uuid.uuid4().hex
+    with _pending_lock:
+        _pending[pair_id] = (a, b, prompt)
+        while len(_pending) > MAX_PENDING_PAIRS:
+            _pending.pop(next(iter(_pending)))
+    return pair_id
+
+
+def record_pair_vote(pair_id: str, outcome: Outcome) -> list[str]:
+    """The one vote on a generated pair; returns the runs it was stored with (none when a side has no run)."""
+    if outcome not in OUTCOMES:
+        raise VoteError(f"unknown vote {outcome!r}: expected one of {', '.join(OUTCOMES)}")
+    with _pending_lock:
+        pair = _pending.pop(pair_id, None)
+    if pair is None:
+        raise VoteError("this pair of answers has already been voted on: generate a new pair to vote again")
+    a, b, prompt = pair
+    return record_vote(a, b, outcome, prompt) if a and b else []

@@ -42,11 +42,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(tmp_path: Path, script: str | Path = "app.py", **env: str) -> AppServer:
+def launch(tmp_path: Path, script: str | Path = "app.py", cwd: Path | None = None, **env: str) -> AppServer:
     """Start `python SCRIPT` (from the repository root) on a free port and return at once, without waiting
-    for it to answer (the benchmarks time that). Extra keyword arguments become environment variables."""
+    for it to answer (the benchmarks time that). Extra keyword arguments become environment variables.
+    With `cwd`, the app runs in that folder instead, and without a PHI3LORA_HOME in `env` it keeps its data in
+    its default data root, cwd/phi3lora_home (as a Space without a storage bucket does)."""
     port = free_port()
-    home = Path(env.get("PHI3LORA_HOME") or tmp_path / "home")  # tests may pass a prepared data root
+    default_root = cwd is not None and "PHI3LORA_HOME" not in env
+    # tests may pass a prepared data root
+    home = Path(cwd) / "phi3lora_home" if default_root else Path(env.get("PHI3LORA_HOME") or tmp_path / "home")
     cache, log = tmp_path / "gradio-cache", tmp_path / "app.log"
     cache.mkdir(parents=True, exist_ok=True)
     environment = {
@@ -54,9 +58,11 @@ def launch(tmp_path: Path, script: str | Path = "app.py", **env: str) -> AppServ
         "PHI3LORA_HOME": str(home), "GRADIO_TEMP_DIR": str(cache), "CUDA_VISIBLE_DEVICES": "",
         "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", **env,
     }
+    if default_root:
+        del environment["PHI3LORA_HOME"]
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, str(script)], cwd=REPO, env=environment, stdout=out,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen([sys.executable, str(script if cwd is None else REPO / script)], cwd=cwd or REPO,
+                                   env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return AppServer(f"http://127.0.0.1:{port}", home, cache, log, process)
 
 
@@ -67,9 +73,10 @@ def stop(server: AppServer) -> None:
 
 
 @contextmanager
-def app_server(tmp_path: Path, startup_timeout: float = 120, **env: str):
-    """Run app.py until the block ends. Extra keyword arguments become environment variables."""
-    server = launch(tmp_path, **env)
+def app_server(tmp_path: Path, startup_timeout: float = 120, cwd: Path | None = None, **env: str):
+    """Run app.py until the block ends (in `cwd` if given: see `launch`). Extra keyword arguments become
+    environment variables."""
+    server = launch(tmp_path, cwd=cwd, **env)
     try:
         _wait_until_up(server, startup_timeout)
         yield server

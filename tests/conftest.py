@@ -48,6 +48,8 @@ def identity_home(tmp_path_factory, worker_id, datasets_dir) -> Path:
 
     shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
     home = shared / "identity-home"
+    if os.environ.get("PHI3LORA_TEST_IDENTITY_HOME"):  # local reruns: keep one trained home between sessions
+        home = Path(os.environ["PHI3LORA_TEST_IDENTITY_HOME"])
     with FileLock(str(home) + ".lock"):
         if not (home / "trained").is_file():
             env = {"PHI3LORA_HOME": str(home)}
@@ -65,3 +67,11 @@ def copy_home(home: Path, target: Path) -> tuple[Path, str]:
     """A private copy of a data root made by `identity_home`: (the copy, the run id in it)."""
     shutil.copytree(home, target)
     return target, (home / "trained").read_text()
+
+
+@pytest.fixture
+def identity_copy(identity_home, tmp_path, monkeypatch) -> tuple[Path, str]:
+    """A private copy of the identity data root, made PHI3LORA_HOME for the test: (the copy, the run id)."""
+    home, run_id = copy_home(identity_home, tmp_path / "home")
+    monkeypatch.setenv("PHI3LORA_HOME", str(home))
+    return home, run_id

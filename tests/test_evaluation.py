@@ -188,7 +188,7 @@ def test_runs_that_cannot_be_evaluated_are_refused_in_plain_words(run_id, tmp_pa
     with pytest.raises(evaluation.EvaluationError, match=f"run {training} is queued: evaluate it once training"):
         evaluation.evaluate_run(training)
 
-    with pytest.raises(runs.RunNotFound, match="no run 20990101-000000-abcdef under"):
+    with pytest.raises(runs.RunNotFound, match="no run 20990101-000000-abcdef on this server"):
         evaluation.evaluate_run("20990101-000000-abcdef")
     with pytest.raises(UserError, match="'../x' is not a run id"):
         evaluation.start_evaluation("../x")

@@ -11,6 +11,7 @@ their index on Gradio's queue, over plain HTTP.
 import json
 import re
 import secrets
+import time
 
 import httpx
 import pytest
@@ -78,8 +79,9 @@ def test_anonymous_uploads_are_refused_and_removed(anonymous, datasets_dir):
 
 def test_anonymous_visitors_cannot_chat_unless_the_owner_allows_it(anonymous):
     _, client, run_id = anonymous
-    with pytest.raises(AppError, match="Sign in with Hugging Face to chat"):
-        client.predict("Who are you?", run_id, "", 8, api_name="/compare")
+    for adapters in (run_id, ""):  # naming no adapter gets the same refusal, not a hint about which runs exist
+        with pytest.raises(AppError, match="Sign in with Hugging Face to chat"):
+            client.predict("Who are you?", adapters, "", 8, api_name="/compare")
 
 
 @pytest.mark.parametrize("button", ["Yes, delete it", "Export merged model"])
@@ -99,7 +101,7 @@ def shared(tmp_path_factory):
     with app_server(folder, PHI3LORA_USERS=",".join(f"{u}:{p}" for u, p in USERS.items()),
                     PHI3LORA_REQUIRE_LOGIN="1", PHI3LORA_OWNER="boss", PHI3LORA_ALLOWED_USERS="boss,alice,bob",
                     PHI3LORA_MAX_QUEUED_PER_USER="1", PHI3LORA_MAX_SEQ_LENGTH="1024", PHI3LORA_MAX_RECORDS="500",
-                    PHI3LORA_MAX_NEW_TOKENS="32") as server:
+                    PHI3LORA_MAX_NEW_TOKENS="32", PHI3LORA_MAX_PROMPT_TOKENS="1024") as server:
         clients = {user: Client(server.url, auth=(user, password), verbose=False) for user, password in USERS.items()}
         alice_run = clients["alice"].predict(None, "identity.json", LONG_RUN, api_name="/start_training")
         yield server, clients, alice_run
@@ -159,11 +161,36 @@ def test_dataset_names_that_would_leave_the_bundled_folder_are_refused(shared, n
      "the dataset's record count is 999, over this server's limit of 500 (PHI3LORA_MAX_RECORDS)"),
     ("bob", "identity.json", json.dumps({"model": {"base_model": "demo", "trust_remote_code": True}}),
      "this server does not run code from model repositories"),
+    ("bob", "identity.json", json.dumps({"model": {"base_model": "attacker/model-with-code"}}),
+     "model.base_model: base model 'attacker/model-with-code' is not available on this server"),
+    ("bob", "identity.json", json.dumps({"model": {"base_model": "/etc"}}),
+     "model.base_model: base model '/etc' is not available on this server"),
+    ("bob", "identity.json", json.dumps({"model": {"base_model": "demo"}, "max_steps": 10**9}),
+     "training_config.max_steps is 1000000000, over this server's limit of 100000 (PHI3LORA_MAX_STEPS)"),
 ])
 def test_each_limit_names_itself_and_its_value(shared, user, dataset, settings, message):
     _, clients, _ = shared
     with pytest.raises(AppError, match=re.escape(message)):
         clients[user].predict(None, dataset, settings, api_name="/start_training")
+
+
+def test_yaml_alias_bombs_in_settings_are_refused_at_once(shared):
+    _, clients, _ = shared
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    bomb = "\n".join(levels) + "\ntraining_config: {max_steps: *a8}\n"  # about 500 bytes, 9**9 leaves expanded
+    started = time.monotonic()
+    with pytest.raises(AppError, match="aliases") as refused:
+        clients["bob"].predict(None, "identity.json", bomb, api_name="/start_training")
+    assert time.monotonic() - started < 10 and len(str(refused.value)) < 500
+
+
+def test_prompts_over_the_token_limit_are_refused_before_they_reach_the_model(shared):
+    _, clients, _ = shared
+    started = time.monotonic()
+    with pytest.raises(AppError, match=r"PHI3LORA_MAX_PROMPT_TOKENS"):
+        clients["boss"].predict("why " * 16_000, "", "", 8, api_name="/compare")  # 64k characters
+    assert time.monotonic() - started < 20
 
 
 def test_answer_length_is_capped(shared):

@@ -4,11 +4,13 @@ from __future__ import annotations
 import os
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from ..runs import data_root
 
-from . import compare_tab, data_tab, runs_tab, train_tab
-from .common import prune_uploads, remove_folder
+from .. import adapter_zip
+from . import compare_tab, data_tab, downloads, runs_tab, train_tab
+from .common import UploadCacheBound, prune_uploads, remove_folder, upload_cache_lifetime
 from .visitors import policy
 
 TITLE = "phi3lora: fine-tune Phi-3 with LoRA / QLoRA"
@@ -29,7 +31,9 @@ def _space_header() -> None:
 
 def build_app() -> gr.Blocks:
     prune_uploads()
-    with gr.Blocks(title=TITLE) as demo:
+    adapter_zip.prune_expired()
+    # Gradio's own clean-up gives every file of its cache a lifetime ($PHI3LORA_CACHE_SECONDS).
+    with gr.Blocks(title=TITLE, delete_cache=upload_cache_lifetime()) as demo:
         gr.Markdown(f"## {TITLE}")
         _space_header()
         # Each visitor's uploads go to a private folder of their own, removed when their session ends.
@@ -58,3 +62,9 @@ def build_app() -> gr.Blocks:
             compare_tab.add_api()
     demo.queue(default_concurrency_limit=4)
     return demo
+
+
+def app_kwargs() -> dict:
+    """What Gradio's FastAPI app gets besides the Blocks (launch(app_kwargs=...)): the route that serves download
+    links, and the bound on the total of Gradio's upload cache."""
+    return {"routes": downloads.routes(), "middleware": [Middleware(UploadCacheBound)]}

@@ -9,13 +9,16 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from pathlib import Path
 
+import anyio
 import gradio as gr
+from gradio.route_utils import API_PREFIX
 
-from .. import runs
+from .. import limits, runs
 from ..data import SUPPORTED_EXTENSIONS
 from ..errors import UserError
 
@@ -25,6 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # Datasets that ship with the app: the shared samples beside the repository, and any inside the package.
 BUNDLED_DATASET_DIRS = (REPO_ROOT.parent / "shared" / "datasets", REPO_ROOT / "phi3lora" / "datasets")
 DEFAULT_MAX_UPLOAD_MB = 100.0
+MAX_MESSAGE = 2000  # characters of an error shown on the page
 
 
 # --- errors ------------------------------------------------------------------------------------------------
@@ -37,7 +41,9 @@ def shows_errors(fn):
         if isinstance(error, gr.Error):
             return error
         if isinstance(error, UserError):
-            return gr.Error(str(error), print_exception=False)
+            message = str(error)  # cut: a message must never carry megabytes of what a user sent back to them
+            return gr.Error(message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE] + " …",
+                            print_exception=False)
         # a bug, not the user's doing: keep the page and the server alive
         log.exception("unexpected error in %s", fn.__name__)
         return gr.Error(f"Unexpected error ({type(error).__name__}: {error}). The server log has the details; "
@@ -124,9 +130,9 @@ def take_upload(cached: str, folder: str | Path) -> Path:
     return target
 
 
-def forget_cached(path: Path) -> None:
+def forget_cached(path: str | Path) -> None:
     cache = Path(gr.utils.get_upload_folder()).resolve()
-    resolved = path.resolve()
+    resolved = Path(path).resolve()
     if not resolved.is_relative_to(cache) or resolved == cache:
         return  # never delete anything outside Gradio's cache
     resolved.unlink(missing_ok=True)
@@ -134,23 +140,92 @@ def forget_cached(path: Path) -> None:
         shutil.rmtree(resolved.parent, ignore_errors=True)  # the random folder Gradio made for this upload
 
 
+# --- Gradio's upload cache -------------------------------------------------------------------------------------
+# Anyone who can reach the page may POST files to /gradio_api/upload without calling any event (on a Space: anyone
+# at all), and Gradio keeps each in its cache. Two bounds: a lifetime (Gradio's own delete_cache, set by build_app)
+# and a total (UploadCacheBound, below).
+
+def upload_cache_lifetime() -> tuple[int, int]:
+    """gr.Blocks(delete_cache=...): (how often to look, in seconds; how old a cached file may get), the age being
+    $PHI3LORA_CACHE_SECONDS."""
+    age = limits.limit("PHI3LORA_CACHE_SECONDS")
+    return max(1, min(age, 600) // 2), age
+
+
+def prune_upload_cache() -> None:
+    """Delete the oldest files of Gradio's cache until it holds at most $PHI3LORA_CACHE_MAX_MB."""
+    cache = Path(gr.utils.get_upload_folder())
+    most = limits.limit("PHI3LORA_CACHE_MAX_MB") * 1024 * 1024
+    files = []
+    # os.walk, not rglob: handlers remove upload folders while this runs, and os.walk skips what vanished
+    for folder, _, names in os.walk(cache):
+        for name in names:
+            path = Path(folder) / name
+            try:
+                info = path.lstat()
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                files.append((info.st_mtime, info.st_size, path))
+    total = sum(size for _, size, _ in files)
+    for _, size, path in sorted(files):
+        if total <= most:
+            break
+        path.unlink(missing_ok=True)
+        total -= size
+    _remove_empty_folders(cache)
+
+
+def _remove_empty_folders(cache: Path, min_age: float = 60.0) -> None:
+    """Gradio leaves one folder per upload; empty ones go once old enough that no upload is moving in."""
+    for folder in cache.iterdir():
+        try:
+            if folder.is_dir() and not any(folder.iterdir()) and time.time() - folder.stat().st_mtime > min_age:
+                folder.rmdir()
+        except OSError:
+            continue
+
+
+class UploadCacheBound:
+    """ASGI middleware for Gradio's app: after each upload, before its answer leaves, prune the cache to
+    $PHI3LORA_CACHE_MAX_MB (the oldest files go first)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if not (scope["type"] == "http" and scope["method"] == "POST"
+                and scope["path"].endswith(f"{API_PREFIX}/upload")):
+            return await self.app(scope, receive, send)
+
+        async def send_once_pruned(message):
+            if message["type"] == "http.response.start":
+                try:
+                    await anyio.to_thread.run_sync(prune_upload_cache)
+                except OSError:  # the next upload prunes again; this one must not fail for it
+                    log.warning("could not prune Gradio's upload cache", exc_info=True)
+            await send(message)
+
+        await self.app(scope, receive, send_once_pruned)
+
+
 # --- downloads -------------------------------------------------------------------------------------------------
 
-DOWNLOADS = Path(tempfile.gettempdir()) / "phi3lora-downloads"  # Gradio copies a file it serves from here
-DOWNLOAD_MAX_AGE = 3600.0
+DOWNLOADS = Path(tempfile.gettempdir()) / "phi3lora-downloads"  # served only by ui/downloads.py's route
 
 
 def download_path(name: str) -> Path:
-    """A fresh path to write a file the page will offer for download (the data root is never served), in a
-    folder of its own with an unguessable name; downloads older than an hour are removed."""
+    """A fresh path to write a file the page will offer for download (downloads.offer links it), in a folder of
+    its own with an unguessable name: the token of its link. Downloads older than $PHI3LORA_DOWNLOAD_SECONDS
+    are removed."""
     if DOWNLOADS.is_dir():
         for folder in DOWNLOADS.iterdir():
             try:
-                if time.time() - folder.stat().st_mtime > DOWNLOAD_MAX_AGE:
+                if time.time() - folder.stat().st_mtime > limits.limit("PHI3LORA_DOWNLOAD_SECONDS"):
                     shutil.rmtree(folder, ignore_errors=True)
             except FileNotFoundError:
                 continue
-    target = DOWNLOADS / secrets.token_hex(12) / name
+    target = DOWNLOADS / secrets.token_hex(16) / name
     target.parent.mkdir(parents=True)
     return target
 

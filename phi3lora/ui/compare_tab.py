@@ -14,10 +14,12 @@ import gradio as gr
 import pandas as pd
 
 from .. import evaluation, limits, votes
-from ..runs import RunNotFound, runs_root
+from ..runs import RunNotFound, not_found
 from ..access import Visitor
 from ..chat import BASE_COLUMN, AdapterChoice, ChatService, download_hub_adapter, import_adapter_zip, run_adapters
-from .common import download_path, hub_reachable, shows_errors
+from .safe_text import no_remote_images
+from .common import download_path, forget_cached, hub_reachable, shows_errors
+from .downloads import offer
 from .visitors import policy, require_run, require_training, visitor_of
 
 MAX_ADAPTER_COLUMNS = 3
@@ -65,7 +67,7 @@ class BlindTab:
     answer_a: gr.Textbox
     answer_b: gr.Textbox
     vote_buttons: dict[str, gr.Button]
-    pair: gr.State  # [contender shown as A, contender shown as B, prompt], hidden until the vote
+    pair: gr.State  # {"id": votes.new_pair's id, "shown": [contender shown as A, as B]}, hidden until the vote
     result: gr.Markdown
 
 
@@ -76,7 +78,7 @@ class EvaluationTab:
     start_button: gr.Button
     summary: gr.Markdown
     table: gr.Dataframe
-    csv_file: gr.File
+    csv_file: gr.HTML  # a download link (ui/downloads.py)
     timer: gr.Timer
 
 
@@ -168,7 +170,7 @@ def _build_evaluation() -> EvaluationTab:
     summary = gr.Markdown(elem_id="evaluation-summary")
     table = gr.Dataframe(headers=list(evaluation.CSV_COLUMNS), interactive=False, wrap=True,
                          label="Sample eval prompts")
-    csv_file = gr.File(label="Sample table (.csv)", interactive=False, visible=False)
+    csv_file = gr.HTML(visible=False, elem_id="evaluation-csv", padding=True)  # the CSV's link (downloads.py)
     timer = gr.Timer(2.0, active=False)
     return EvaluationTab(run, samples, start_button, summary, table, csv_file, timer)
 
@@ -266,10 +268,14 @@ def _pick(added: dict, picked: list[str] | None, choice: AdapterChoice, visitor:
 
 @shows_errors
 def add_zip(path: str | None, added: dict, picked: list[str] | None, request: gr.Request):
-    visitor = require_training(request, "add adapters")
-    if not path:
-        raise gr.Error("Choose an adapter zip first.")
-    added, dropdown = _pick(added, picked, import_adapter_zip(path), visitor)
+    try:
+        visitor = require_training(request, "add adapters")
+        if not path:
+            raise gr.Error("Choose an adapter zip first.")
+        added, dropdown = _pick(added, picked, import_adapter_zip(path, visitor.owner_key), visitor)
+    finally:
+        if path:
+            forget_cached(path)  # unpacked or refused, the zip leaves Gradio's cache
     return added, dropdown, None
 
 
@@ -333,7 +339,7 @@ def _stream_columns(visitor: Visitor, columns: list[str], histories: list[list[d
     sampling = _sampling(greedy, temperature, top_p, max_new_tokens, seed)
     for ref in columns:
         if ref.startswith("run:") and not rules.may_chat_with(visitor, ref.removeprefix("run:")):
-            raise RunNotFound(f"no run {ref.removeprefix('run:')} under {runs_root()}")  # as if it did not exist
+            raise RunNotFound(not_found(ref.removeprefix("run:")))  # as if it did not exist
     adapters = SERVICE.resolve([c for c in columns if c != BASE_COLUMN], added)
     head = [{"role": "system", "content": system.strip()}] if system and system.strip() else []
     conversations = [head + _turns(history) for history in histories]
@@ -342,7 +348,7 @@ def _stream_columns(visitor: Visitor, columns: list[str], histories: list[list[d
     yield histories
     for texts in SERVICE.stream(adapters, columns, conversations, load_in_4bit=four_bit, **sampling):
         for history, text in zip(histories, texts):
-            history[-1]["content"] = text
+            history[-1]["content"] = no_remote_images(text)  # a model can write an image link too
         yield histories
 
 
@@ -363,7 +369,7 @@ def send(prompt: str, shown: list[str], added: dict, system: str, greedy, temper
         raise gr.Error("Type a prompt first.")
     columns, histories = _columns_and_histories(shown, chats)
     for history in histories:
-        history.append({"role": "user", "content": prompt})
+        history.append({"role": "user", "content": no_remote_images(prompt)})
     for histories in _stream_columns(visitor_of(request), columns, histories, added, system, greedy, temperature,
                                      top_p, max_new_tokens, seed, four_bit):
         yield "", *_all_chats(histories, chats)
@@ -397,13 +403,15 @@ def release(request: gr.Request) -> str:
 def compare_api(prompt: str, adapters: str, system: str, max_new_tokens: float | None, request: gr.Request):
     """For gradio_client. adapters: run ids or adapter refs, comma separated (empty: the newest run's adapter).
     Returns {"base": answer, <run id or ref>: answer, ...}."""
+    visitor = visitor_of(request)
+    policy().require_chat(visitor)  # first: an outsider learns nothing about the runs here
     if not prompt or not prompt.strip():
         raise gr.Error("prompt is empty")
+    limits.check_prompt_characters(len(prompt) + len(system or ""))
     max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
     _sampling(True, 0, 1, max_new_tokens, None)  # a bad request is refused before any adapter is looked up
     refs = [a.strip() for a in (adapters or "").split(",") if a.strip()]
     refs = [ref if ":" in ref else f"run:{ref}" for ref in refs]
-    visitor = visitor_of(request)
     if not refs:
         newest = [ref for _, ref in adapter_options({}, visitor)]
         if not newest:
@@ -437,19 +445,19 @@ def start_evaluation(run_id: str | None, samples: float | None, request: gr.Requ
 @shows_errors
 def show_evaluation(run_id: str | None, request: gr.Request):
     """The run's last evaluation: figures, sample table and CSV; the timer runs while one is in progress."""
-    empty = pd.DataFrame(columns=list(evaluation.CSV_COLUMNS))
+    empty, no_link = pd.DataFrame(columns=list(evaluation.CSV_COLUMNS)), gr.HTML(value="", visible=False)
     if not run_id:
-        return "", empty, gr.File(visible=False), gr.Timer(active=False)
+        return "", empty, no_link, gr.Timer(active=False)
     require_run(request, run_id)
     status = evaluation.evaluation_status(run_id)
     if status["status"] == "running":
-        return (f"Evaluating run {run_id} in the background…", empty, gr.File(visible=False), gr.Timer(active=True))
+        return (f"Evaluating run {run_id} in the background…", empty, no_link, gr.Timer(active=True))
     if status["status"] == "failed":
-        return (f"The last evaluation of {run_id} failed: {status['message']}", empty, gr.File(visible=False),
+        return (f"The last evaluation of {run_id} failed: {status['message']}", empty, no_link,
                 gr.Timer(active=False))
     done = evaluation.read_evaluation(run_id)
     if done is None:
-        return (f"Run {run_id} has not been evaluated yet.", empty, gr.File(visible=False), gr.Timer(active=False))
+        return (f"Run {run_id} has not been evaluated yet.", empty, no_link, gr.Timer(active=False))
     s = done["summary"]
     figures = (f"**Run {run_id}** on {s['eval_conversations']} held-out conversations ({s['eval_tokens']} scored "
                f"tokens):\n\n| | loss | perplexity |\n|---|---|---|\n"
@@ -457,8 +465,8 @@ def show_evaluation(run_id: str | None, request: gr.Request):
                f"| adapted | {s['adapted_loss']:.4f} | {s['adapted_perplexity']:.2f} |")
     csv_copy = download_path(f"phi3lora-{run_id}-evaluation.csv")
     shutil.copyfile(evaluation.evaluation_dir(run_id) / "samples.csv", csv_copy)
-    return (figures, pd.DataFrame(done["rows"], columns=list(evaluation.CSV_COLUMNS)),
-            gr.File(value=str(csv_copy), visible=True), gr.Timer(active=False))
+    return (figures, pd.DataFrame(done["rows"], columns=list(evaluation.CSV_COLUMNS)), offer(csv_copy, run_id),
+            gr.Timer(active=False))
 
 
 # --- blind A/B --------------------------------------------------------------------------------------------------
@@ -483,7 +491,8 @@ def blind_generate(first: str | None, second: str | None, prompt: str, added: di
     for histories in _stream_columns(visitor_of(request), pair, histories, added, system, greedy, temperature, top_p,
                                      max_new_tokens, seed, four_bit):
         yield None, histories[0][-1]["content"], histories[1][-1]["content"], hidden, *_vote_buttons(False)
-    yield [*pair, prompt], gr.skip(), gr.skip(), "Which answer is better?", *_vote_buttons(True)
+    pair_id = votes.new_pair(_run_id(pair[0]), _run_id(pair[1]), prompt)
+    yield {"id": pair_id, "shown": pair}, gr.skip(), gr.skip(), "Which answer is better?", *_vote_buttons(True)
 
 
 def _contender_name(ref: str) -> str:
@@ -503,15 +512,14 @@ def vote_for(outcome: str):
     return vote
 
 
-def record_vote(pair: list[str] | None, outcome: str, request: gr.Request):
+def record_vote(pair: dict | None, outcome: str, request: gr.Request):
     if not pair:
         raise gr.Error("Generate a pair of answers first.")
     policy().require_chat(visitor_of(request))
-    first, second, prompt = pair
-    a, b = _run_id(first), _run_id(second)
+    first, second = pair["shown"]
+    stored = votes.record_pair_vote(pair["id"], outcome)  # refused if this pair has had its vote
     lines = [f"**A** was {_contender_name(first)}, **B** was {_contender_name(second)}."]
-    if a and b:
-        stored = votes.record_vote(a, b, outcome, prompt)
+    if _run_id(first) and _run_id(second):
         lines += [f"Run {run_id}: {votes.win_rate(run_id).describe()}" for run_id in stored]
     else:
         lines.append("Not stored: votes are kept with runs, and an uploaded or hub adapter has none.")

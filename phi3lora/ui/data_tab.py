@@ -2,9 +2,8 @@
 the eval split. The reading, checking and rendering are phi3lora.data's; this module only shows them."""
 from __future__ import annotations
 
-import itertools
-import json
-import re
+import functools
+import logging
 import secrets
 import shutil
 import threading
@@ -14,7 +13,8 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from .. import data
+from .. import data, hub_datasets
+from ..allowed_models import is_allowed
 from ..config import DataSettings
 from ..errors import UserError
 from ..modeling import ModelLoadError, choose_base_model, load_tokenizer
@@ -29,15 +29,19 @@ from .common import (
     take_upload,
     uploads_root,
 )
-from .visitors import require_training
+from .safe_text import no_remote_images
+from .visitors import policy, require_training
+
+log = logging.getLogger(__name__)
 
 PREVIEW_CONVERSATIONS = 50  # how many the preview picker offers
 HISTOGRAM_BINS = 24
 FITS, TRUNCATED = "fits", "over max length (truncated)"
-HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?(:[\w.-]+)?$")  # owner/name, optionally :split
+MAX_HUB_ROWS = 100_000
+MAX_CACHED_TOKENIZERS = 4  # each holds its whole vocabulary: keep the few in use, drop the least recently used
+SHOWN_CHARS = 80  # a message quotes at most this much of what a visitor typed
 
-_tokenizers: dict[str, object] = {}  # read-only once loaded, so one copy serves every visitor
-_tokenizer_lock = threading.Lock()
+_tokenizer_lock = threading.Lock()  # one load at a time: two visitors asking for the same one load it once
 
 
 @dataclass
@@ -158,38 +162,23 @@ def use_bundled(name: str | None):
 
 
 @shows_errors
-def use_hub(dataset_id: str, folder: str | None, request: gr.Request, max_rows: int = 100_000):
+def use_hub(dataset_id: str, folder: str | None, request: gr.Request, max_rows: int = MAX_HUB_ROWS):
+    """Copy a hub dataset into this visitor's folder. hub_datasets makes sure the id reaches the hub only,
+    never a folder or file on this server."""
     require_training(request, "load datasets")
-    folder = session_folder(folder)
-    dataset_id = (dataset_id or "").strip()
-    if not HUB_ID.match(dataset_id):
-        raise gr.Error("Enter a Hugging Face dataset id such as owner/name (optionally owner/name:split).")
+    target_name = hub_datasets.file_name(dataset_id)  # refuses anything that is not owner/name[:split]
+    shown = hub_datasets.shorten(dataset_id.strip())
     why_not = hub_reachable()
     if why_not:
-        raise gr.Error(f"Cannot load {dataset_id} from the Hugging Face hub: {why_not}. "
+        raise gr.Error(f"Cannot load {shown!r} from the Hugging Face hub: {why_not}. "
                        "Download the dataset yourself and upload the file instead.")
-    name, _, split = dataset_id.partition(":")
-    import datasets  # only here: loading it costs time, and most visitors never use the hub
-
-    try:
-        rows = datasets.load_dataset(name, split=split or "train", streaming=True)
-        target = Path(folder) / (name.replace("/", "__") + (f"__{split}" if split else "") + ".jsonl")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        written, limit = 0, max_upload_bytes()
-        with open(target, "w", encoding="utf-8") as out:
-            for row in itertools.islice(rows, max_rows):
-                line = json.dumps(row, ensure_ascii=False, default=str) + "\n"
-                written += len(line.encode())
-                if written > limit:
-                    gr.Warning(f"{dataset_id} is larger than the upload limit ({describe_size(max_upload_mb())}); "
-                               "only its first records are used.")
-                    break
-                out.write(line)
-    except gr.Error:
-        raise
-    except Exception as error:  # noqa: BLE001 - the hub raises many kinds: not found, gated, no such split, network
-        raise gr.Error(f"Cannot load {dataset_id} from the hub: {str(error).splitlines()[0]}") from None
-    return {"path": str(target), "name": f"{dataset_id} (hub)", "source": "Hugging Face hub"}, folder, None
+    folder = session_folder(folder)
+    target = Path(folder) / target_name
+    loaded = hub_datasets.load_hub_dataset(dataset_id, target, max_rows, max_upload_bytes())
+    if loaded.truncated:
+        gr.Warning(f"{loaded.name} is larger than this server takes ({max_rows} records, "
+                   f"{describe_size(max_upload_mb())}): only its first {loaded.rows} records are used.")
+    return {"path": str(target), "name": f"{loaded.name} (hub)", "source": "Hugging Face hub"}, folder, None
 
 
 def refuse_upload_unless_allowed(request: gr.Request, cached: str) -> None:
@@ -204,19 +193,35 @@ def refuse_upload_unless_allowed(request: gr.Request, cached: str) -> None:
 # --- analysing it ----------------------------------------------------------------------------------------------
 
 def tokenizer_for(base_model: str | None):
-    """The base model's tokenizer (cached); the demo model's, with a warning, when it cannot be loaded here."""
+    """The base model's tokenizer (cached); the demo model's, with a warning, when it is not available here.
+    With sign-in required, only the operator's allowed base models load: anyone can type a name here, and it
+    must not make the server fetch from any repository or tell which folders exist. Empty is the default model."""
     name = choose_base_model(base_model or None).name_or_path
+    if base_model and policy().login_required and not is_allowed(base_model):
+        return _demo_tokenizer_instead(base_model)
     with _tokenizer_lock:
-        if name not in _tokenizers:
-            try:
-                _tokenizers[name] = load_tokenizer(name)
-            except ModelLoadError as error:
-                demo = choose_base_model("demo").name_or_path
-                gr.Warning(f"{error}. Showing the demo model's tokenizer instead: same Phi-3 chat template, "
-                           "but token counts differ.")
-                name = demo
-                _tokenizers.setdefault(name, load_tokenizer(name))
-        return _tokenizers[name]
+        try:
+            return _cached_tokenizer(name)
+        except ModelLoadError as error:
+            log.warning("Data tab: %s", error)  # the why (missing, unreadable, offline) is for the server log only
+    return _demo_tokenizer_instead(base_model)
+
+
+@functools.lru_cache(maxsize=MAX_CACHED_TOKENIZERS)
+def _cached_tokenizer(name_or_path: str):
+    return load_tokenizer(name_or_path)  # read-only once loaded, so one copy serves every visitor
+
+
+def _demo_tokenizer_instead(base_model: str | None):
+    """The same words whatever the reason (not allowed, no such folder or repository, unreadable)."""
+    shown = base_model or "the default base model"
+    shown = shown if len(shown) <= SHOWN_CHARS else shown[:SHOWN_CHARS - 3] + "..."
+    # Not the allow-list itself: it may hold the operator's folders.
+    allowed = " This server analyses only the base models its operator allows." if policy().login_required else ""
+    gr.Warning(f"Base model {shown!r} is not available for the analysis on this server, so token counts come from "
+               f"the tokenizer of the demo model (same Phi-3 chat template, different counts).{allowed}")
+    with _tokenizer_lock:
+        return _cached_tokenizer(choose_base_model("demo").name_or_path)
 
 
 @shows_errors
@@ -226,7 +231,7 @@ def analyse(dataset: dict | None, fmt: str, base_model: str | None, max_length: 
     loaded = data.read_dataset(dataset["path"], fmt or "auto")
     tokenizer = tokenizer_for(base_model) if loaded.conversations else None
     cut = int(max_length or 2048)
-    report = data.report(loaded, tokenizer, cut)
+    report = named_not_placed(data.report(loaded, tokenizer, cut), dataset)
     lengths = token_lengths(tokenizer, loaded.conversations) if tokenizer else []
     previews = [(c.record, c.messages) for c in loaded.conversations[:PREVIEW_CONVERSATIONS]]
     analysis = {"lengths": lengths, "previews": previews, "conversations": len(loaded.conversations),
@@ -243,6 +248,14 @@ def analyse(dataset: dict | None, fmt: str, base_model: str | None, max_length: 
             split_text(analysis, eval_size))
 
 
+def named_not_placed(report: dict, dataset: dict) -> dict:
+    """The report with the dataset's name wherever a message gives its file's place on the server (a file that
+    went missing, one that cannot be read): visitors see dataset names, never server paths."""
+    path, name = str(dataset["path"]), str(dataset["name"])
+    return {**report, "errors": [{**e, "message": e["message"].replace(path, name)} for e in report["errors"]],
+            "warnings": [w.replace(path, name) for w in report["warnings"]]}
+
+
 def token_lengths(tokenizer, conversations: list[data.Conversation]) -> list[int]:
     """Tokens per rendered conversation, as data.token_stats counts them (its list is not exposed)."""
     lengths: list[int] = []
@@ -253,7 +266,7 @@ def token_lengths(tokenizer, conversations: list[data.Conversation]) -> list[int
 
 
 def summary_text(dataset: dict, report: dict, lengths: list[int], max_length: int) -> str:
-    lines = [f"### {dataset['name']}",
+    lines = [f"### {no_remote_images(dataset['name'])}",
              (f"{dataset['source']} · format **{report['format'] or 'unknown'}** · {report['records']} records · "
               f"**{report['conversations']}** usable conversations")]
     tokens = report.get("tokens")
@@ -327,7 +340,8 @@ def show_conversation(analysis: dict | None, index: int | None, base_model: str 
 
 def conversation_views(previews: list, index: int, tokenizer) -> tuple[list[dict], str]:
     messages = previews[index][1]
-    return [{"role": m["role"], "content": m["content"]} for m in messages], data.render_text(tokenizer, messages)
+    bubbles = [{"role": m["role"], "content": no_remote_images(m["content"])} for m in messages]
+    return bubbles, data.render_text(tokenizer, messages)
 
 
 # --- API --------------------------------------------------------------------------------------------------------
@@ -343,7 +357,8 @@ def validate_dataset(file: str | None, request: gr.Request) -> dict:
     try:
         path = take_upload(file, folder)
         loaded = data.read_dataset(path)
-        report = data.report(loaded, tokenizer_for(None) if loaded.conversations else None)
+        report = named_not_placed(data.report(loaded, tokenizer_for(None) if loaded.conversations else None),
+                                  {"path": path, "name": path.name})
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # an API caller has no session to keep the file for
     # "file", not "path": the name only (where the server keeps files is its own business), and gradio_client

@@ -14,6 +14,7 @@ from .. import access, export, jobs, runs, votes
 from ..access import AccessDenied
 from .visitors import policy, require_run, visitor_of
 from .common import download_path, duration, method_name, number, shows_errors, timestamp
+from .downloads import offer
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "config.yaml")
 COLUMNS = ["run", "status", "method", "dataset", "base model", "started", "duration", "train loss", "eval loss", "blind win rate",
@@ -31,7 +32,7 @@ class RunsTab:
     diff: gr.Dataframe
     selected: gr.Dropdown  # one run: download, delete, export
     zip_button: gr.Button
-    zip_file: gr.File
+    zip_file: gr.HTML  # the adapter zip's download link (downloads.py), once asked for
     export_button: gr.Button
     exports: gr.Markdown
     export_timer: gr.Timer  # polls while an export of the selected run is running
@@ -71,7 +72,7 @@ def build() -> RunsTab:
             delete_button = gr.Button("Delete run…", variant="stop", scale=1)
             # Only where visitors who may not train may chat with published adapters ($PHI3LORA_PUBLIC_CHAT).
             publish_button = gr.Button("Publish for visitors' chat", scale=1, visible=policy().public_chat)
-        zip_file = gr.File(label="Adapter zip", interactive=False, visible=False)
+        zip_file = gr.HTML(visible=False, elem_id="adapter-zip-link", padding=True)
         exports = gr.Markdown("", padding=True)
         with gr.Row(visible=False) as confirm_row:
             confirm_text = gr.Markdown()
@@ -91,7 +92,7 @@ def wire(tab: RunsTab, tab_item: gr.Tab, demo: gr.Blocks) -> None:
     for picker in (tab.diff_a, tab.diff_b):
         picker.change(config_diff, [tab.diff_a, tab.diff_b], [tab.diff], **private)
     tab.zip_button.click(adapter_zip, [tab.selected], [tab.zip_file], **private)
-    tab.selected.change(lambda: gr.File(value=None, visible=False), None, [tab.zip_file], **private)
+    tab.selected.change(lambda: gr.HTML(value="", visible=False), None, [tab.zip_file], **private)
     exports_view = [tab.exports, tab.export_timer]
     tab.selected.change(show_exports, [tab.selected], exports_view, **private)
     tab.export_timer.tick(show_exports, [tab.selected], exports_view, show_progress="hidden", **private)
@@ -191,7 +192,7 @@ def adapter_zip(run_id: str | None, request: gr.Request):
         for name in ADAPTER_FILES:
             archive.write(folder / name, name)
         archive.writestr("README.md", _readme(info))
-    return gr.File(value=str(target), visible=True)
+    return offer(target, run_id)
 
 
 def _readme(info: jobs.RunInfo) -> str:
@@ -240,7 +241,9 @@ def show_exports(run_id: str | None, request: gr.Request):
         if info["reason"]:
             line += f" ({info['reason']})"
         if info["path"]:
-            line += f": merged model on the server in `{info['path']}` (loads with transformers, no peft needed)"
+            where = Path(info["path"])  # shown from the data root on: where that is, is the server's business
+            where = where.relative_to(runs.data_root()).as_posix() if where.is_relative_to(runs.data_root()) else where.name
+            line += f": merged model in `{where}` of the data root (loads with transformers, no peft needed)"
         lines.append(line)
     running = any(info["status"] == runs.RUNNING for info in infos)
     return ("**Merged-model exports of this run**\n" + "\n".join(lines) if lines else ""), gr.Timer(active=running)

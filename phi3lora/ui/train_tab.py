@@ -14,12 +14,12 @@ from typing import Any, Literal, get_args, get_origin
 
 import gradio as gr
 import pandas as pd
-import yaml
 
 from .. import jobs, runs
-from ..config import PHI3_EMBEDDING_MODULE, PHI3_LINEAR_MODULES, SECTIONS, ConfigError, JobConfig, field_help
+from ..config import (PHI3_EMBEDDING_MODULE, PHI3_LINEAR_MODULES, SECTIONS, ConfigError, JobConfig, field_help,
+                      load_yaml, shorten)
 from ..modeling import DEFAULT_GPU_MODEL, DEMO_TRAINING_DEFAULTS, choose_base_model
-from .visitors import policy, require_run, require_training, visitor_of
+from .visitors import policy, require_allowed_base, require_run, require_training, visitor_of
 from .common import bundled_datasets, method_name, duration, is_bundled, number, shows_errors, take_upload, uploads_root
 
 POLL_SECONDS = 2.0
@@ -255,6 +255,7 @@ def start(dataset, data_format, drop_invalid, eval_size, method, request: gr.Req
     if not dataset:
         raise gr.Error("No dataset yet: upload or pick one on the Data tab first.")
     config = form_config(dataset, data_format, drop_invalid, eval_size, method, values)
+    require_allowed_base(config.model.base_model)
     run_id = jobs.start_run(config, owner=visitor.owner_key)
     gr.Info(f"Run {run_id} queued; it starts as soon as the GPU is free.")
     return jobs.RunWatcher(run_id)
@@ -361,17 +362,14 @@ def resume(watcher: jobs.RunWatcher | None, request: gr.Request):
 def settings_config(text: str | None) -> JobConfig:
     """A job from a YAML or JSON mapping: sections as in config.yaml ({"training_config": {"max_steps": 6}}),
     dotted or bare field names ({"max_steps": 6, "peft_config.r": 8}), and `method: lora|qlora`."""
-    try:
-        values = yaml.safe_load(text) if text and text.strip() else {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"settings are not valid YAML or JSON: {error}") from None
+    values = load_yaml(text, "settings") if text and text.strip() else {}
     if not isinstance(values, dict):
         raise ConfigError("settings must be a mapping, e.g. {\"training_config\": {\"max_steps\": 6}}")
     assignments = []
     for key, value in values.items():
         if key == "method":
             if value not in ("lora", "qlora"):
-                raise ConfigError(f"method must be lora or qlora (got {value!r})")
+                raise ConfigError(f"method must be lora or qlora (got {shorten(value)})")
             assignments.append(f"model.load_in_4bit={'true' if value == 'qlora' else 'false'}")
         elif key in SECTIONS and isinstance(value, dict):
             assignments += [f"{key}.{name}={json.dumps(v)}" for name, v in value.items()]
@@ -390,6 +388,7 @@ def start_training(dataset_file: str | None, dataset: str | None, settings: str 
     "training_config": {"max_steps": 6}}. Returns the run id."""
     visitor = require_training(request)
     config = settings_config(settings)
+    require_allowed_base(config.model.base_model)
     folder = uploads_root() / f"api-{secrets.token_hex(12)}"
     try:
         if dataset_file:

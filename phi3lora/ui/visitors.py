@@ -8,6 +8,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..access import Policy, Visitor
+from ..allowed_models import require_allowed
 
 
 def policy() -> Policy:
@@ -42,3 +43,10 @@ def require_run(request: gr.Request | None, run_id: str, action: str = "see") ->
     visitor = visitor_of(request)
     policy().require_run(visitor, run_id, action)
     return visitor
+
+
+def require_allowed_base(base_model: str | None, what: str = "model.base_model") -> None:
+    """On a shared server (sign-in required) only the operator's base models load (allowed_models.py); locally
+    the owner may name any model or folder. Empty means the default, which is always allowed."""
+    if base_model and policy().login_required:
+        require_allowed(base_model, what)
