@@ -52,7 +52,8 @@ def identity_home(tmp_path_factory, worker_id, datasets_dir) -> Path:
         home = Path(os.environ["PHI3LORA_TEST_IDENTITY_HOME"])
     with FileLock(str(home) + ".lock"):
         if not (home / "trained").is_file():
-            env = {"PHI3LORA_HOME": str(home)}
+            # every core: the other worker is most often waiting for this very run (most test files need it)
+            env = {"PHI3LORA_HOME": str(home), "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
             started = run_cli("runs", "start", "--data", datasets_dir / "identity.json", "--method", "lora",
                               "--set", "model.base_model=demo", "--set", "data.eval_size=0.1", env=env)
             assert started.returncode == 0, started.stderr[-3000:]
