@@ -3,7 +3,8 @@
 
 Two modes, chosen by $PHI3LORA_REQUIRE_LOGIN (default: on in a Hugging Face Space, off elsewhere):
 
-- Off (a local tool): every visitor is the owner. An optional password ($PHI3LORA_PASSWORD) keeps others out.
+- Off (a local tool): every visitor is the owner. Optional password logins ($PHI3LORA_USERS, read by app.py)
+  keep others out.
 - On: training, cancelling, resuming, deleting, exporting and evaluating need a signed-in user (Hugging Face
   OAuth on a Space) who is allowed: named in $PHI3LORA_ALLOWED_USERS (users or organisations, comma separated;
   default: the owner). The owner ($PHI3LORA_OWNER, default the Space's author) sees and touches every run; any
@@ -12,13 +13,10 @@ Two modes, chosen by $PHI3LORA_REQUIRE_LOGIN (default: on in a Hugging Face Spac
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
-from . import runs
+from . import runs, settings
 from .errors import UserError
-
-TRUE = ("1", "true", "yes", "on")
 
 
 class AccessDenied(UserError, PermissionError):
@@ -46,13 +44,11 @@ class Policy:
 
     @classmethod
     def from_env(cls) -> Policy:
-        on_space = bool(os.environ.get("SPACE_ID"))
-        required = os.environ.get("PHI3LORA_REQUIRE_LOGIN", "").strip().lower()
-        owner = os.environ.get("PHI3LORA_OWNER") or os.environ.get("SPACE_AUTHOR_NAME") or None
-        allowed = {name.strip() for name in os.environ.get("PHI3LORA_ALLOWED_USERS", "").split(",") if name.strip()}
-        return cls(login_required=required in TRUE if required else on_space, owner=owner,
+        owner = settings.owner()
+        allowed = set(settings.get_list("PHI3LORA_ALLOWED_USERS"))
+        return cls(login_required=settings.login_required(), owner=owner,
                    allowed=frozenset(allowed or ({owner} if owner else set())),
-                   public_chat=os.environ.get("PHI3LORA_PUBLIC_CHAT", "off").strip().lower() == "published")
+                   public_chat=settings.get_str("PHI3LORA_PUBLIC_CHAT") == "published")
 
     # ---- roles
     def is_owner(self, visitor: Visitor) -> bool:

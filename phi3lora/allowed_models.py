@@ -8,9 +8,9 @@ No torch here: the UI and the job path ask it before anything loads.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from . import settings
 from .errors import UserError
 
 DEMO = "demo"
@@ -30,16 +30,16 @@ class BaseModelNotAllowed(UserError, PermissionError):
 
 
 def remote_code_allowed() -> bool:
-    """The operator's switch for running Python code shipped with a model repository (off unless set to 1).
+    """The operator's switch for running Python code shipped with a model repository (off unless turned on).
     Nothing a user hands the server (settings, an adapter, a dataset) can turn it on."""
-    return os.environ.get("PHI3LORA_ALLOW_REMOTE_CODE", "").strip() == "1"
+    return settings.get_bool("PHI3LORA_ALLOW_REMOTE_CODE")
 
 
 def allowed_base_models() -> tuple[str, ...]:
-    raw = os.environ.get("PHI3LORA_ALLOWED_BASE_MODELS", "").strip()
-    if raw:
-        return tuple(dict.fromkeys(name.strip() for name in raw.split(",") if name.strip()))
-    extra = os.environ.get("PHI3LORA_BASE_MODEL", "").strip()
+    chosen = settings.get_list("PHI3LORA_ALLOWED_BASE_MODELS")
+    if chosen:
+        return tuple(chosen)
+    extra = settings.get_str("PHI3LORA_BASE_MODEL")
     return tuple(dict.fromkeys([*PHI3_FAMILY, DEMO, *([extra] if extra else [])]))
 
 

@@ -24,6 +24,7 @@ import psutil
 import torch
 
 from . import adapter_zip, jobs, limits, runs
+from . import settings as env_settings  # "settings" names a model's settings here
 from .allowed_models import BaseModelNotAllowed
 from .compare import BASE, AdapterError, adapter_settings
 from .config import ModelSettings
@@ -36,7 +37,6 @@ ADAPTER_ZIP_MEMBERS = adapter_zip.ADAPTER_FILES  # all we ever extract or fetch
 LOCAL_UPLOADER = "local"  # whose uploads they are when no visitor is named (the CLI, tests)
 HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 KNOWN_PARAMETERS = {DEFAULT_GPU_MODEL: 3.82e9, "microsoft/Phi-3-mini-128k-instruct": 3.82e9}
-DEFAULT_IDLE_MINUTES = 15.0
 
 
 class ChatMemoryError(UserError, MemoryError):
@@ -143,9 +143,9 @@ def free_memory() -> tuple[int, str]:
         free, where = torch.cuda.mem_get_info()[0], "GPU"
     else:
         free, where = psutil.virtual_memory().available, "CPU"
-    cap = os.environ.get("PHI3LORA_CHAT_MEMORY_GB", "").strip()
-    if cap:
-        free = min(free, int(float(cap) * 1024**3))
+    cap = env_settings.get_float("PHI3LORA_CHAT_MEMORY_GB")
+    if cap is not None:
+        free = min(free, int(cap * 1024**3))
     return free, where
 
 
@@ -186,7 +186,7 @@ def compare(adapter_dir: str | Path, prompt: str, base_model: str | None = None,
 # --- the model in memory -------------------------------------------------------------------------------------
 
 def idle_seconds() -> float:
-    return float(os.environ.get("PHI3LORA_CHAT_IDLE_MINUTES") or DEFAULT_IDLE_MINUTES) * 60
+    return env_settings.get_float("PHI3LORA_CHAT_IDLE_MINUTES") * 60
 
 
 class ChatService:

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import settings
 from .errors import UserError
 from .evaluation import add_evaluate_command
 from .export import add_export_command
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        settings.check_all()  # a bad PHI3LORA_* value stops every command at once, named with what it allows
         return args.run(args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data, runs
+from . import settings as env_settings  # "settings" names the training settings here
 from .config import JobConfig
 from .errors import UserError
 from .runs import COMPLETED, FAILED, QUEUED, RUNNING, read_record, write_record
@@ -54,7 +55,6 @@ NONE = "none"
 ADAPTED = "adapted"  # the adapter's name on the model
 DEFAULT_SAMPLES = 8
 DEFAULT_MAX_NEW_TOKENS = 128
-DEFAULT_INLINE_MAX = 64  # eval conversations up to which the app may evaluate inline
 GENERATE_BATCH = 8  # sample conversations per generate call (two rows each: base and adapted)
 STARTING_GRACE_SECONDS = 30.0  # between request.json and process.json the evaluation counts as starting, not lost
 CSV_COLUMNS = ("prompt", "reference", "base", "adapted")
@@ -90,7 +90,7 @@ def eval_split(run_id: str) -> tuple[JobConfig, list[data.Conversation]]:
 
 def inline_max() -> int:
     """Eval conversations up to which an evaluation may run inline: $PHI3LORA_EVAL_INLINE_MAX, default 64."""
-    return int(os.environ.get("PHI3LORA_EVAL_INLINE_MAX", DEFAULT_INLINE_MAX))
+    return env_settings.get_int("PHI3LORA_EVAL_INLINE_MAX")
 
 
 def should_run_in_background(run_id: str) -> bool:

@@ -26,13 +26,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import data, limits, runs
+from . import data, limits, runs, settings
 from .config import JobConfig
 from .allowed_models import remote_code_allowed
 from .errors import UserError
 from .runs import CANCELLED, COMPLETED, FAILED, FINISHED, QUEUED, RUNNING, read_record, write_record
 
-CANCEL_GRACE_SECONDS = float(os.environ.get("PHI3LORA_CANCEL_GRACE", "60"))
 POLL_SECONDS = 0.5
 
 
@@ -42,7 +41,12 @@ class RunStateError(UserError, RuntimeError):
 
 def max_concurrent_runs() -> int:
     """Training runs at once on one GPU set; later ones wait in the queue. $PHI3LORA_MAX_RUNS, default 1."""
-    return max(1, int(os.environ.get("PHI3LORA_MAX_RUNS", "1")))
+    return settings.get_int("PHI3LORA_MAX_RUNS")
+
+
+def cancel_grace_seconds() -> float:
+    """How long a cancelled trainer may take to stop before its process group is killed. $PHI3LORA_CANCEL_GRACE."""
+    return settings.get_float("PHI3LORA_CANCEL_GRACE")
 
 
 # --- what a caller sees of a run --------------------------------------------------------------------------
@@ -343,7 +347,7 @@ def _launch_trainer(path: Path, attempt: Path, resume: bool, gpus: str) -> subpr
 def _watch(trainer: subprocess.Popen, attempt: Path) -> bool:
     """Wait for the trainer. After a cancel request, give it a grace period, then kill its whole tree.
     Returns True when it had to be killed."""
-    cancel_seen = None
+    cancel_seen, grace = None, cancel_grace_seconds()
     while True:
         try:
             trainer.wait(timeout=POLL_SECONDS)
@@ -352,7 +356,7 @@ def _watch(trainer: subprocess.Popen, attempt: Path) -> bool:
             pass
         if cancel_seen is None and (attempt / "cancel.json").exists():
             cancel_seen = time.monotonic()
-        if cancel_seen is not None and time.monotonic() - cancel_seen > CANCEL_GRACE_SECONDS:
+        if cancel_seen is not None and time.monotonic() - cancel_seen > grace:
             kill_process_tree(trainer.pid)
             trainer.wait()
             return True
@@ -379,7 +383,7 @@ def _final_status(attempt: Path, returncode: int, killed_after_grace: bool) -> t
     if outcome and (returncode == 0 or outcome["status"] == FAILED):
         return outcome["status"], outcome.get("reason")
     if killed_after_grace:
-        return CANCELLED, f"did not stop within {CANCEL_GRACE_SECONDS:.0f}s of the cancel; killed (resume keeps its last checkpoint)"
+        return CANCELLED, f"did not stop within {cancel_grace_seconds():.0f}s of the cancel; killed (resume keeps its last checkpoint)"
     return FAILED, explain_failure(returncode, runs.log_tail(attempt / "train.log", 20000))
 
 
@@ -457,11 +461,9 @@ def _yield_cpu_to_the_app() -> None:
     whatever the app leaves idle. Training on a GPU barely uses the CPU, and keeps its priority."""
     import torch
 
-    raw = os.environ.get("PHI3LORA_TRAINER_NICE", "10").strip()
-    if not raw.isdigit() or int(raw) > 19:
-        raise UserError(f"PHI3LORA_TRAINER_NICE must be a whole number from 0 to 19 (got {raw!r})")
-    if not torch.cuda.is_available() and int(raw):
-        os.nice(int(raw))
+    nice = settings.get_int("PHI3LORA_TRAINER_NICE")
+    if not torch.cuda.is_available() and nice:
+        os.nice(nice)
 
 
 def _outcome(attempt: Path, status: str, reason: str | None) -> None:

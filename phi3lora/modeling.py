@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from . import settings as env_settings  # "settings" names a model's settings here
 from .errors import UserError
 from .config import JobConfig, ModelSettings
 
@@ -50,7 +51,7 @@ def choose_base_model(requested: str | None) -> BaseModelChoice:
         if requested == "demo":
             return BaseModelChoice(str(DEMO_MODEL_DIR), True, "the embedded demo model, as asked")
         return BaseModelChoice(requested, _same_folder(requested, DEMO_MODEL_DIR), "as asked")
-    from_env = os.environ.get("PHI3LORA_BASE_MODEL")
+    from_env = env_settings.get_str("PHI3LORA_BASE_MODEL")
     if from_env:
         return choose_base_model(from_env) if from_env == "demo" else BaseModelChoice(from_env, False, "from $PHI3LORA_BASE_MODEL")
     if torch.cuda.is_available():

@@ -37,6 +37,7 @@ from typing import Any
 
 import psutil
 
+from . import settings
 from .errors import UserError
 
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED, INTERRUPTED = (
@@ -51,8 +52,8 @@ class RunNotFound(UserError, LookupError):
 
 
 def data_root() -> Path:
-    """$PHI3LORA_HOME, or ./phi3lora_home."""
-    return Path(os.environ.get("PHI3LORA_HOME") or Path.cwd() / "phi3lora_home").resolve()
+    """$PHI3LORA_HOME, or ./phi3lora_home (of the working folder)."""
+    return Path(settings.get_str("PHI3LORA_HOME")).resolve()
 
 
 def runs_root() -> Path:

@@ -31,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterator
 
+from . import settings
 from .errors import UserError
 
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
@@ -303,10 +304,19 @@ def space_variables(options: PushOptions) -> dict[str, str]:
     variables = {"PHI3LORA_HOME": options.mount_path} if options.storage_bucket else {}
     for key, value in options.variables.items():
         _check_env_key(key, "--variable")
+        _check_setting(key, value, "--variable")
         if TOKEN.search(value.encode()):
             raise SpaceError(f"--variable {key} looks like a token, and variables are public: use --secret {key}")
         variables[key] = value
     return variables
+
+
+def _check_setting(name: str, value: str, flag: str) -> None:
+    """A PHI3LORA_* value the Space would refuse at start is refused here, before anything is pushed."""
+    try:
+        settings.check_value(name, value)
+    except settings.SettingsError as error:
+        raise SpaceError(f"{flag} {error}") from None
 
 
 def read_secrets(names: list[str], push_token: str) -> dict[str, str]:
@@ -315,6 +325,7 @@ def read_secrets(names: list[str], push_token: str) -> dict[str, str]:
     for name in names:
         _check_env_key(name, "--secret")
         value = os.environ.get(name, "")
+        _check_setting(name, value, "--secret")
         if not value:
             raise SpaceError(f"--secret {name}: ${name} is not set here (its value becomes the Space's secret)")
         if value == push_token:

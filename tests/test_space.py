@@ -381,6 +381,10 @@ def test_an_unreachable_hub_is_named(hub, source, monkeypatch):
     (PushOptions(repo="alice/tuner", storage_bucket="runs"), "--storage-bucket 'runs' is not a valid id"),
     (PushOptions(repo="alice/tuner", secrets=["PUSH_TOKEN"]), "holds the token you push with"),
     (PushOptions(repo="alice/tuner", variables={"KEY": PUSH_TOKEN}), "variables are public: use --secret"),
+    (PushOptions(repo="alice/tuner", variables={"PHI3LORA_MAX_UPLOAD_MB": "lots"}),
+     "--variable PHI3LORA_MAX_UPLOAD_MB=lots: a number above 0"),
+    (PushOptions(repo="alice/tuner", variables={"PHI3LORA_MAX_UPLOADS_MB": "200"}),
+     "PHI3LORA_MAX_UPLOADS_MB is not a variable phi3lora reads"),
 ])
 def test_push_refuses_bad_options_before_calling_the_hub(hub, source, options, message):
     options.token_env = options.token_env or "PUSH_TOKEN"

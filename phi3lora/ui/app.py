@@ -6,6 +6,7 @@ import os
 import gradio as gr
 from starlette.middleware import Middleware
 
+from .. import settings
 from ..runs import data_root
 
 from .. import adapter_zip
@@ -19,11 +20,11 @@ TITLE = "phi3lora: fine-tune Phi-3 with LoRA / QLoRA"
 def _space_header() -> None:
     """On a Hugging Face Space: the sign-in button when training needs it, and a warning when runs live on the
     Space's own disk, which a restart wipes."""
-    if not os.environ.get("SPACE_ID"):
+    if not settings.on_space():
         return
     if policy().login_required and os.environ.get("OAUTH_CLIENT_ID"):  # set by Spaces whose card has hf_oauth
         gr.LoginButton()
-    if not os.environ.get("PHI3LORA_HOME"):
+    if not settings.is_set("PHI3LORA_HOME"):
         gr.Markdown(f"⚠️ **Runs are kept on this Space's own disk ({data_root()}) and vanish when it "
                     "restarts.** Mount a storage bucket and set PHI3LORA_HOME to its path (README: Deploy as a "
                     "Space).", elem_id="storage-warning")

@@ -18,7 +18,7 @@ import anyio
 import gradio as gr
 from gradio.route_utils import API_PREFIX
 
-from .. import limits, runs
+from .. import limits, runs, settings
 from ..data import SUPPORTED_EXTENSIONS
 from ..errors import UserError
 
@@ -27,7 +27,6 @@ log = logging.getLogger("phi3lora.ui")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Datasets that ship with the app: the shared samples beside the repository, and any inside the package.
 BUNDLED_DATASET_DIRS = (REPO_ROOT.parent / "shared" / "datasets", REPO_ROOT / "phi3lora" / "datasets")
-DEFAULT_MAX_UPLOAD_MB = 100.0
 MAX_MESSAGE = 2000  # characters of an error shown on the page
 
 
@@ -73,14 +72,7 @@ def shows_errors(fn):
 
 def max_upload_mb() -> float:
     """$PHI3LORA_MAX_UPLOAD_MB (may be fractional), default 100."""
-    raw = os.environ.get("PHI3LORA_MAX_UPLOAD_MB", "")
-    try:
-        value = float(raw) if raw.strip() else DEFAULT_MAX_UPLOAD_MB
-    except ValueError:
-        raise SystemExit(f"PHI3LORA_MAX_UPLOAD_MB must be a number of megabytes, got {raw!r}") from None
-    if value <= 0:
-        raise SystemExit(f"PHI3LORA_MAX_UPLOAD_MB must be positive, got {raw!r}")
-    return value
+    return settings.get_float("PHI3LORA_MAX_UPLOAD_MB")
 
 
 def max_upload_bytes() -> int:
