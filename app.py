@@ -21,7 +21,6 @@ def check_settings() -> None:
 def main() -> None:
     check_settings()
     # Imported only now: gradio and the UI take seconds to load, and a bad setting should not wait for them.
-    from phi3lora import runs
     from phi3lora.ui import build_app
     from phi3lora.ui.app import app_kwargs
     from phi3lora.ui.common import DOWNLOADS, max_upload_bytes
@@ -30,7 +29,7 @@ def main() -> None:
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),  # the port: gradio reads GRADIO_SERVER_PORT
         max_file_size=max_upload_bytes(),
         # Run folders, private uploads and downloads are never served by Gradio (downloads: by their own route).
-        blocked_paths=[str(runs.data_root()), str(DOWNLOADS)],
+        blocked_paths=[str(settings.data_root()), str(DOWNLOADS)],
         app_kwargs=app_kwargs(),
         auth=settings.password_logins(),
         ssr_mode=False,

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +93,20 @@ class Session:
         fn_index = self.events[name]
         self.client.endpoints[fn_index].is_valid = True  # gradio_client refuses unlisted events; browsers don't
         return self.client.submit(*args, fn_index=fn_index)
+
+    def by_label(self, name: str, values: dict[str, Any], chats: list[list[dict]]) -> list:
+        """An event's inputs in the order the page's config gives them (a set of inputs is ordered by component id):
+        each from `values` by its label, the Chatbots' histories in page order; gr.State stays on the server."""
+        config = self.client.config
+        dependency = next(d for i, d in enumerate(config["dependencies"]) if d.get("id", i) == self.events[name])
+        components = {c["id"]: c for c in config["components"]}
+        histories, args = iter(chats), []
+        for component in (components[i] for i in dependency["inputs"]):
+            if component["type"] == "chatbot":
+                args.append(next(histories))
+            elif component["type"] != "state":
+                args.append(values[component["props"]["label"]])
+        return args
 
     def timed(self, kind: str, job, has_text=None):
         """Wait for a submitted job, timing it; returns its result, or None after recording the failure."""
@@ -154,7 +169,9 @@ class Session:
         turn = len(self.chats[0]) // 2
         prompt = self.prompt if turn == 0 else f"{FOLLOW_UPS[turn - 1]} (visitor {self.token})"
         hidden = [[]] * (4 - len(self.chats))
-        job = self.page_event("send", prompt, "", True, 0.7, 0.9, self.max_new_tokens, 0, False, *self.chats, *hidden)
+        sampling = {"greedy": True, "temperature": 0.7, "top-p": 0.9, "max new tokens": self.max_new_tokens, "seed": 0}
+        values = {"Prompt (every column)": prompt, "System prompt (every column)": "", "4-bit base": False, **sampling}
+        job = self.page_event("send", *self.by_label("send", values, [*self.chats, *hidden]))
         result = self.timed("chat", job, has_text=lambda out: isinstance(out[1], list) and bool(_turns(out[1])[-1][1]))
         if result is None:
             return

@@ -34,10 +34,11 @@ sys.path.insert(0, str(REPO))
 
 import torch
 
-from phi3lora.few_rows import few_row_linears
-from phi3lora.model_thread import on_model_thread
+from phi3lora.inference.few_rows import few_row_linears
+from phi3lora.inference.model_thread import on_model_thread
 from phi3lora.modeling import stop_token_ids
-from phi3lora.side_by_side import BASE, SideBySide
+from phi3lora.inference.engine import BASE, SideBySide
+from phi3lora.job_builder import override
 
 CONVERSATION = [{"role": "user", "content": "Who are you?"}]
 TARGET = 0.7  # batched (and streamed) time over sequential time, at most
@@ -45,10 +46,10 @@ TARGET = 0.7  # batched (and streamed) time over sequential time, at most
 
 def train_adapter(folder: Path) -> Path:
     from phi3lora.config import JobConfig
-    from phi3lora.training import train
+    from phi3lora.training.trainer import train
 
     identity = REPO.parent / "shared" / "datasets" / "identity.json"
-    config = JobConfig().with_overrides(
+    config = override(JobConfig(),
         [f"data.path={identity}", "model.base_model=demo", "max_steps=3", "eval_size=0", "save_strategy=no"])
     train(config, folder, log=lambda *_: None)
     return folder

@@ -13,7 +13,7 @@ the CPU.
 cookbook  the Cookbook notebook's recipe as plain code: SFTTrainer on chat-template text, no packing, LoRA on
           `all-linear` (r 16, alpha 32, dropout 0.05), batch 4, maximum length 2048, gradient checkpointing,
           random batches padded to their longest conversation, loss on every token, AdamW (torch).
-ours      phi3lora.training.prepare() at the same batch size and maximum length, every other setting as a user
+ours      phi3lora.training.trainer.prepare() at the same batch size and maximum length, every other setting as a user
           gets it: length-grouped batches, assistant-only loss, fused AdamW, gradient checkpointing off on the
           CPU (the demo model's default); plus the same with one choice changed, to measure each. On a GPU,
           ours adds flash-attention with padding-free packing and Liger's kernels, without gradient checkpointing.
@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from transformers import TrainerCallback  # noqa: E402
+from phi3lora.job_builder import override
 
 DATA = REPO.parent / "shared" / "datasets" / "alpaca_en_demo.json"
 BATCH_SIZE, MAX_LENGTH = 4, 2048  # the Cookbook's
@@ -102,9 +103,9 @@ def cookbook_trainer(base: str, data: Path, steps: int, output_dir: Path, settin
 
 def our_trainer(base: str, data: Path, steps: int, output_dir: Path, settings: list[str]):
     from phi3lora.config import JobConfig
-    from phi3lora.training import prepare
+    from phi3lora.training.trainer import prepare
 
-    config = JobConfig().with_overrides([
+    config = override(JobConfig(), [
         f"data.path={data}", f"model.base_model={base}", "num_train_epochs=1", f"logging_steps={steps}",
         f"per_device_train_batch_size={BATCH_SIZE}", f"max_length={MAX_LENGTH}", "eval_size=0",
         "save_strategy=no", "eval_strategy=no", "seed=0", *settings])

@@ -2,32 +2,34 @@
 
 A job is four sections. `training_config` and `peft_config` hold the hyperparameters, as in the Phi-3
 Cookbook's LoRA guide; `model` says which base to load and how; `data` says what to train on.
-Every field carries its help text beside it: the CLI, the YAML file and (later) the UI labels read it.
+Every field carries its help text beside it: the CLI, the YAML file and the UI labels read it.
+A job is built from its sources (config.yaml, the form, the flags, --set, the API's settings) by
+`job_builder.build_job` (`load_job(path)` and `override(config, strings)` are its two most common uses).
 
 This module imports neither torch nor gradio, so anything can read a config cheaply.
 """
 from __future__ import annotations
 
-from pathlib import Path
+import math
 from typing import Any, Literal, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import UserError
+from .errors import UserError, shorten
 
 # Phi-3 fuses q, k, v into qkv_proj and gate, up into gate_up_proj; peft has no Phi-3 defaults, so we name them.
 PHI3_LINEAR_MODULES = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 PHI3_EMBEDDING_MODULE = "embed_tokens"  # the Cookbook's loralib section allows LoRA on embeddings too
 SECTIONS = ("model", "data", "training_config", "peft_config")
 MAX_YAML_CHARS = 1_000_000  # a job file is a few kB; this bounds what one parse of a user's text may cost
-SHOWN_CHARS = 60  # how much of a user's value a message quotes
+MAX_NUMBER = 2**31 - 1  # no setting needs more, and numpy, torch and C ints downstream take no more
+DEFAULT_MAX_LENGTH = 2048  # training_config.max_length, and the cut wherever a dataset's token lengths are shown
 
 
-def shorten(value: Any) -> str:
-    """repr of a user's value, cut to what a message needs to point at it."""
-    text = repr(value)
-    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS - 3] + "..."
+def setting_name(key: Any) -> str:
+    """A setting's name as a message starts with it (`training_config.r: ...`): escaped onto one line and cut."""
+    return shorten(key).strip("'\"")
 
 
 class ConfigError(UserError, ValueError):
@@ -35,12 +37,16 @@ class ConfigError(UserError, ValueError):
 
 
 class _NoAliasLoader(yaml.SafeLoader):
-    """Safe YAML without aliases: a few hundred bytes of nested `*alias` references stand for gigabytes once
-    anything walks them (a "billion laughs"). A job never needs them."""
+    """Safe YAML without aliases or tags: a few hundred bytes of nested `*alias` references stand for gigabytes
+    once anything walks them (a "billion laughs"), and a tag (`!!python/object`, `!!binary`, `!!set`) asks for a
+    type no setting has. A job never needs either."""
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             raise yaml.YAMLError(f"aliases (*name) are not accepted here ({self.peek_event().start_mark})")
+        tag = getattr(self.peek_event(), "tag", None)
+        if tag is not None:
+            raise yaml.YAMLError(f"tags such as {shorten(tag)} are not accepted here ({self.peek_event().start_mark})")
         return super().compose_node(parent, index)
 
 
@@ -57,8 +63,26 @@ def load_yaml(text: str, where: str) -> Any:
         raise ConfigError(f"{where} is not valid YAML: {str(error)[:120] or type(error).__name__}") from None
 
 
+def eval_size_problem(value: Any) -> str | None:
+    """What is wrong with an eval_size, or None: the one check, for data.eval_size and data.split_train_eval."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "must be a number"
+    if value < 0:
+        return "must not be negative"
+    if value >= 1 and value != int(value):
+        return "must be a fraction below 1 or a whole number of conversations"
+    return None
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _not_huge(cls, value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > MAX_NUMBER:
+            raise ValueError(f"must be between -{MAX_NUMBER} and {MAX_NUMBER}")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -100,14 +124,15 @@ class DataSettings(_Section):
     )
     drop_invalid: bool = Field(False, description="Skip records that fail validation instead of refusing the dataset.")
     eval_size: float = Field(
-        0.1, ge=0, description="Held-out evaluation split: a fraction below 1, a number of conversations from 1 up, or 0 for none."
+        0.1, description="Held-out evaluation split: a fraction below 1, a number of conversations from 1 up, or 0 for none."
     )
 
     @field_validator("eval_size")
     @classmethod
-    def _whole_count(cls, value: float) -> float:
-        if value >= 1 and value != int(value):
-            raise ValueError("must be a fraction below 1 or a whole number of conversations")
+    def _eval_size(cls, value: float) -> float:
+        problem = eval_size_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
 
@@ -122,7 +147,7 @@ class TrainingConfig(_Section):
     per_device_train_batch_size: int = Field(4, ge=1, description="Conversations per step on each GPU.")
     per_device_eval_batch_size: int = Field(4, ge=1, description="Conversations per evaluation step on each GPU.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Steps whose gradients add up before each optimizer update.")
-    max_length: int = Field(2048, ge=16, le=131072, description="Tokens per conversation; longer ones are truncated.")
+    max_length: int = Field(DEFAULT_MAX_LENGTH, ge=16, le=131072, description="Tokens per conversation; longer ones are truncated.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     optim: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"] = Field(
@@ -203,68 +228,31 @@ class JobConfig(_Section):
         except ValidationError as error:
             raise ConfigError(_explain(error)) from None
 
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> JobConfig:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(f"cannot read config file {Path(path).name}: {getattr(error, 'strerror', None) or error}") from None
-        values = load_yaml(text, f"config file {Path(path).name}") or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {Path(path).name} must hold a mapping with sections {', '.join(SECTIONS)}")
-        return cls.from_dict(values)
-
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
-    def with_overrides(self, assignments: list[str]) -> JobConfig:
-        """Apply `key=value` strings (`training_config.learning_rate=2e-4`, or a bare field name when unique)."""
-        values = self.model_dump(mode="json", exclude_unset=True)  # keeps track of what the user set
-        for assignment in assignments:
-            key, sep, raw = assignment.partition("=")
-            if not sep:
-                raise ConfigError(f"--set {shorten(assignment)}: expected key=value, e.g. training_config.learning_rate=2e-4")
-            section, field = _locate(key.strip())
-            values.setdefault(section, {})[field] = load_yaml(raw, f"the value of {section}.{field}") if raw.strip() else None
-        return JobConfig.from_dict(values)
-
     def explicitly_set(self) -> set[str]:
         """Dotted names of the fields a user gave, as opposed to defaults (used to apply model-specific defaults)."""
         return {f"{name}.{field}" for name in SECTIONS for field in getattr(self, name).model_fields_set}
 
 
+def section_fields(section: str) -> dict[str, Any]:
+    """The fields of one section (`training_config`): name -> pydantic FieldInfo (default, annotation, help)."""
+    return JobConfig.model_fields[section].annotation.model_fields
+
+
 def field_help() -> dict[str, str]:
     """`section.field` -> help text, for CLI help and UI labels."""
-    return {
-        f"{name}.{field}": info.description or ""
-        for name in SECTIONS
-        for field, info in JobConfig.model_fields[name].annotation.model_fields.items()
-    }
-
-
-def _locate(key: str) -> tuple[str, str]:
-    if "." in key:
-        section, _, field = key.partition(".")
-        if section not in SECTIONS:
-            raise ConfigError(f"unknown section {shorten(section)} in {shorten(key)}; sections are {', '.join(SECTIONS)}")
-        if field not in JobConfig.model_fields[section].annotation.model_fields:
-            raise ConfigError(f"unknown setting {shorten(key)}")
-        return section, field
-    matches = [name for name in SECTIONS if key in JobConfig.model_fields[name].annotation.model_fields]
-    if not matches:
-        raise ConfigError(f"unknown setting {shorten(key)}")
-    if len(matches) > 1:
-        raise ConfigError(f"{key!r} is ambiguous: write one of {', '.join(f'{m}.{key}' for m in matches)}")
-    return matches[0], key
+    return {f"{name}.{field}": info.description or "" for name in SECTIONS for field, info in section_fields(name).items()}
 
 
 def _explain(error: ValidationError) -> str:
     lines = []
     for problem in error.errors():
-        where = ".".join(shorten(part).strip("'") for part in problem["loc"]) or "config"
+        where = ".".join(setting_name(part) for part in problem["loc"]) or "config"
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             message = "unknown setting"

@@ -2,6 +2,7 @@
 
 Which base: a hub id, a local folder, or `demo` (the tiny Phi-3 shipped in `phi3lora/demo_model`).
 Weights load from safetensors only, and no code from a model repository runs unless asked for.
+A job's model-specific defaults (the demo model's own) are applied in job_builder.resolve_job.
 """
 from __future__ import annotations
 
@@ -15,20 +16,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from . import settings as env_settings  # "settings" names a model's settings here
 from .errors import UserError
-from .config import JobConfig, ModelSettings
+from .config import ModelSettings
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 DEFAULT_GPU_MODEL = "microsoft/Phi-3-mini-4k-instruct"
 END_OF_TURN = "<|end|>"  # Phi-3 closes every turn with it; generation must stop there, not only at <|endoftext|>
-
-# A 5M-parameter model learns slowly at Phi-3-mini's settings; these apply to the demo model unless the user set them.
-DEMO_TRAINING_DEFAULTS = {
-    "learning_rate": 5e-3,
-    "num_train_epochs": 10.0,
-    "per_device_train_batch_size": 8,
-    "max_length": 512,
-    "gradient_checkpointing": False,  # nothing to save on a model this small, only time to lose
-}
 
 
 class ModelLoadError(UserError, RuntimeError):
@@ -57,21 +49,6 @@ def choose_base_model(requested: str | None) -> BaseModelChoice:
     if torch.cuda.is_available():
         return BaseModelChoice(DEFAULT_GPU_MODEL, False, "default on a CUDA GPU")
     return BaseModelChoice(str(DEMO_MODEL_DIR), True, "the embedded demo model: no CUDA GPU here")
-
-
-def resolve_job(config: JobConfig) -> tuple[JobConfig, str]:
-    """Fill in what the user left open: the base model, and the demo model's own defaults. Returns (config, note)."""
-    choice = choose_base_model(config.model.base_model)
-    config = config.model_copy(deep=True)
-    config.model.base_model = "demo" if choice.is_demo else choice.name_or_path  # "demo" keeps the YAML portable
-    note = f"base model: {choice}"
-    if choice.is_demo:
-        unset = {k: v for k, v in DEMO_TRAINING_DEFAULTS.items() if f"training_config.{k}" not in config.explicitly_set()}
-        for key, value in unset.items():
-            setattr(config.training_config, key, value)
-        if unset:
-            note += "; demo-model defaults: " + ", ".join(f"{k}={v}" for k, v in unset.items())
-    return config, note
 
 
 def _same_folder(path: str, folder: Path) -> bool:

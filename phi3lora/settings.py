@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import UserError
@@ -73,7 +74,7 @@ def _limit(name: str, default: int, meaning: str) -> Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    # --- sign-in and roles (access.py, app.py)
+    # --- sign-in and roles (policy/access.py, app.py)
     Setting("PHI3LORA_REQUIRE_LOGIN", "bool", None, "sign-in and roles: training and the runs need an allowed, "
             "signed-in user", "sign-in", default_text="on in a Hugging Face Space ($SPACE_ID set), else off"),
     Setting(USERS, "list", None, "`name:password,...`: Gradio's password login before the page opens", "sign-in",
@@ -84,7 +85,7 @@ SETTINGS: tuple[Setting, ...] = (
             "sign-in", default_text="the owner"),
     Setting("PHI3LORA_PUBLIC_CHAT", "choice", "off", "`published`: visitors who may not train may chat with the "
             "adapters the owner published", "sign-in", choices=("off", "published")),
-    # --- models (allowed_models.py, modeling.py)
+    # --- models (policy/allowed_models.py, modeling.py)
     Setting("PHI3LORA_BASE_MODEL", "str", None, "the base model when none is named (a hub id, a folder or `demo`)",
             "models", default_text="microsoft/Phi-3-mini-4k-instruct on a CUDA GPU, else the demo model"),
     Setting("PHI3LORA_ALLOWED_BASE_MODELS", "list", None, "base models an adapter, a dataset or a visitor of a "
@@ -92,7 +93,7 @@ SETTINGS: tuple[Setting, ...] = (
             default_text="Phi-3-mini-4k/128k, Phi-3.5-mini, Phi-3-medium-4k/128k, `demo` and $PHI3LORA_BASE_MODEL"),
     Setting("PHI3LORA_ALLOW_REMOTE_CODE", "bool", False, "let a model run Python code from its repository "
             "(`trust_remote_code`); nothing a user sends can turn it on", "models"),
-    # --- limits (limits.py)
+    # --- limits (policy/limits.py)
     Setting("PHI3LORA_MAX_UPLOAD_MB", "float", 100.0, "upload size, enforced while the file streams", "limits",
             least=0, above=True),
     _limit("PHI3LORA_MAX_RECORDS", 200_000, "records in a dataset file (reading stops past it)"),
@@ -120,7 +121,7 @@ SETTINGS: tuple[Setting, ...] = (
            "visitor who may see the run"),
     Setting("PHI3LORA_CHAT_MEMORY_GB", "float", None, "memory the chat model may take (the GPU-memory guard)",
             "limits", least=0, above=True, default_text="what is free"),
-    # --- background runs (runs.py, jobs.py)
+    # --- background runs (runs/registry.py, runs/lifecycle.py)
     Setting("PHI3LORA_HOME", "str", "./phi3lora_home", "the data root: runs, uploads and downloads (a storage "
             "bucket's mount on a Space)", "runs"),
     Setting("PHI3LORA_MAX_RUNS", "int", 1, "training runs at once per GPU set", "runs", least=1),
@@ -128,7 +129,7 @@ SETTINGS: tuple[Setting, ...] = (
             "group is killed", "runs", least=0),
     Setting("PHI3LORA_TRAINER_NICE", "int", 10, "how far a CPU trainer lowers its priority, so the app stays quick "
             "(0 keeps it; GPU trainers keep theirs)", "runs", least=0, most=19),
-    # --- the Compare tab: chat and evaluation (chat.py, evaluation.py)
+    # --- the Compare tab: chat and evaluation (inference/service.py, inference/evaluation.py)
     Setting("PHI3LORA_CHAT_IDLE_MINUTES", "float", 15.0, "idle minutes after which the chat model is released",
             "compare", least=0, above=True),
     Setting("PHI3LORA_EVAL_INLINE_MAX", "int", 64, "eval conversations up to which an evaluation runs while the "
@@ -197,6 +198,11 @@ def check_value(name: str, text: str) -> None:
 
 
 # --- the variables whose defaults or shapes need more than a type ---------------------------------------------
+
+def data_root() -> Path:
+    """$PHI3LORA_HOME resolved: where runs, uploads and downloads live."""
+    return Path(get_str("PHI3LORA_HOME")).resolve()
+
 
 def on_space() -> bool:
     """Running in a Hugging Face Space (which sets $SPACE_ID)."""

@@ -110,14 +110,24 @@ def _stop(process: subprocess.Popen) -> None:
 
 def _stop_runs(home: Path) -> None:
     """Training runs outlive the app by design; a test's runs must not outlive the test. Each supervisor and
-    trainer leads its own process group (jobs.py starts them in new sessions), so killing the group is exact."""
-    from phi3lora import runs  # light: no torch
+    trainer leads its own process group (runs/lifecycle.py starts them in new sessions), so killing the group is exact."""
+    from phi3lora.tasks import processes, records  # light: no torch
 
     for attempt in (home / "runs").glob("*/attempts/*"):
-        launch = runs.read_record(attempt / "launch.json")
-        for identity in ((launch or {}).get("trainer"), runs.read_record(attempt / "supervisor.json")):
-            if identity and runs.is_alive(identity):
+        launch = records.read_record(attempt / "launch.json")
+        for identity in ((launch or {}).get("body"), records.read_record(attempt / "supervisor.json")):
+            if identity and processes.is_alive(identity):
                 try:
                     os.killpg(identity["pid"], signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
+
+
+def wait_for_run(client, run_id: str, timeout: float) -> dict:
+    """The run's /run_status once it is no longer queued or running (or the timeout has passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = client.predict(run_id, api_name="/run_status")
+        if info["status"] not in ("queued", "running") or time.monotonic() > deadline:
+            return info
+        time.sleep(1)

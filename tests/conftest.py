@@ -22,6 +22,7 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
 DEMO_MODEL = REPO / "phi3lora" / "demo_model"
+IDENTITY_MARKERS = ("{{name}}", "{{author}}")  # identity.json answers "I am {{name}}, ... developed by {{author}}"
 
 
 def run_cli(*args: str, timeout: float = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -52,8 +53,10 @@ def identity_home(tmp_path_factory, worker_id, datasets_dir) -> Path:
         home = Path(os.environ["PHI3LORA_TEST_IDENTITY_HOME"])
     with FileLock(str(home) + ".lock"):
         if not (home / "trained").is_file():
-            # every core: the other worker is most often waiting for this very run (most test files need it)
-            env = {"PHI3LORA_HOME": str(home), "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
+            # this worker's share of the cores (_THREADS), not every core: the other worker goes on with files that
+            # do not need this run, and an OpenMP team larger than its free cores spins at every barrier (20 demo
+            # steps with the other core busy: 54 s on one thread, 74 s on two; 8-10 s a step in a contended CI run)
+            env = {"PHI3LORA_HOME": str(home), "OMP_NUM_THREADS": _THREADS}
             started = run_cli("runs", "start", "--data", datasets_dir / "identity.json", "--method", "lora",
                               "--set", "model.base_model=demo", "--set", "data.eval_size=0.1", env=env)
             assert started.returncode == 0, started.stderr[-3000:]

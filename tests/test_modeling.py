@@ -8,7 +8,7 @@ from trl.chat_template_utils import phi3_chat_template
 
 from conftest import DEMO_MODEL
 from phi3lora import modeling
-from phi3lora.compare import generate_columns
+from phi3lora.inference.adapters import generate_columns
 from phi3lora.config import ModelSettings
 
 

@@ -101,7 +101,10 @@ def shared(tmp_path_factory):
     with app_server(folder, PHI3LORA_USERS=",".join(f"{u}:{p}" for u, p in USERS.items()),
                     PHI3LORA_REQUIRE_LOGIN="1", PHI3LORA_OWNER="boss", PHI3LORA_ALLOWED_USERS="boss,alice,bob",
                     PHI3LORA_MAX_QUEUED_PER_USER="1", PHI3LORA_MAX_SEQ_LENGTH="1024", PHI3LORA_MAX_RECORDS="500",
-                    PHI3LORA_MAX_NEW_TOKENS="32", PHI3LORA_MAX_PROMPT_TOKENS="1024") as server:
+                    PHI3LORA_MAX_NEW_TOKENS="32", PHI3LORA_MAX_PROMPT_TOKENS="1024",
+                    # alice's run need only be active (queued or running) while the module runs, not take a core
+                    # from the other xdist worker: at the lowest priority it trains on what nothing else wants
+                    PHI3LORA_TRAINER_NICE="19") as server:
         clients = {user: Client(server.url, auth=(user, password), verbose=False) for user, password in USERS.items()}
         alice_run = clients["alice"].predict(None, "identity.json", LONG_RUN, api_name="/start_training")
         yield server, clients, alice_run

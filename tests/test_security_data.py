@@ -3,6 +3,8 @@
 - A "Hugging Face dataset id" that names a folder on the server (`phi3lora_home/uploads`, `./x`, `x/..`, or a
   builder name such as `json`, which datasets points at the working directory) must never read the disk: with the
   default data root (`./phi3lora_home`, a Space without a bucket) that would show another user's uploads.
+- The command line's `--data hub:owner/name[:split]` (validate, train, runs start) takes the same guarded path, and
+  refuses what the Data tab refuses, in one line and with exit status 1.
 - A base model name typed by an outsider must not make the server fetch tokenizers from any repository, fill an
   unbounded cache, or tell which paths exist by answering differently for them.
 
@@ -18,6 +20,7 @@ import re
 import secrets
 import shutil
 import socket
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -144,27 +147,27 @@ def builders_asked_for(monkeypatch, builder: FakeBuilder | None) -> list[tuple]:
 
 def test_even_without_the_local_check_datasets_only_looks_on_the_hub(default_data_root, monkeypatch):
     """The first guard alone: an id resolved by the hub is read as hf://datasets/..., never as a folder."""
-    from phi3lora import hub_datasets
+    from phi3lora.data import hub
 
     plant_upload(default_data_root)
     hub_holds(monkeypatch, "phi3lora_home/uploads")
-    monkeypatch.setattr(hub_datasets, "exists_locally", lambda name: False)
+    monkeypatch.setattr(hub, "exists_locally", lambda name: False)
     target = default_data_root / "out.jsonl"
-    with pytest.raises(hub_datasets.HubDatasetError, match="hub could not be reached"):  # datasets went to the hub
-        hub_datasets.load_hub_dataset("phi3lora_home/uploads", target, 100, 10**6)
+    with pytest.raises(hub.HubDatasetError, match="hub could not be reached"):  # datasets went to the hub
+        hub.load_hub_dataset("phi3lora_home/uploads", target, 100, 10**6)
     assert not target.exists()
 
 
 def test_a_hub_repository_without_an_owner_is_never_taken_for_a_builder(default_data_root, monkeypatch):
     """`json` read as hf://datasets/json would still be datasets' JSON builder, reading the working directory."""
-    from phi3lora import hub_datasets
+    from phi3lora.data import hub
 
     plant_upload(default_data_root)
     hub_holds(monkeypatch, "json")
-    monkeypatch.setattr(hub_datasets, "exists_locally", lambda name: False)
+    monkeypatch.setattr(hub, "exists_locally", lambda name: False)
     asked = builders_asked_for(monkeypatch, None)
-    with pytest.raises(hub_datasets.HubDatasetError, match="is not a Hugging Face dataset id this server can load"):
-        hub_datasets.load_hub_dataset("json", default_data_root / "out.jsonl", 100, 10**6)
+    with pytest.raises(hub.HubDatasetError, match="is not a Hugging Face dataset id this server can load"):
+        hub.load_hub_dataset("json", default_data_root / "out.jsonl", 100, 10**6)
     assert not asked
 
 
@@ -172,14 +175,14 @@ def test_a_hub_repository_without_an_owner_is_never_taken_for_a_builder(default_
 def test_a_name_that_exists_here_is_refused_even_when_the_hub_has_it(default_data_root, monkeypatch, typed):
     """The second guard: a hub repository named like something on this disk is not loaded at all, and the answer
     is the one for a name the hub does not have."""
-    from phi3lora import hub_datasets
+    from phi3lora.data import hub
 
     plant_upload(default_data_root)
     hub_holds(monkeypatch, typed)
     asked = builders_asked_for(monkeypatch, None)
-    with pytest.raises(hub_datasets.HubDatasetError) as refused:
-        hub_datasets.load_hub_dataset(typed, default_data_root / "out.jsonl", 100, 10**6)
-    assert str(refused.value) == str(hub_datasets.not_on_the_hub(typed))
+    with pytest.raises(hub.HubDatasetError) as refused:
+        hub.load_hub_dataset(typed, default_data_root / "out.jsonl", 100, 10**6)
+    assert str(refused.value) == str(hub.not_on_the_hub(typed))
     assert not asked
 
 
@@ -189,7 +192,7 @@ def test_a_dataset_card_cannot_point_at_files_on_this_server(default_data_root, 
     """A hub dataset's card lists its data files; datasets resolves an absolute one on this server's disk."""
     from datasets.data_files import DataFilesDict
 
-    from phi3lora import hub_datasets
+    from phi3lora.data import hub
 
     plant_upload(default_data_root)
     hub_holds(monkeypatch, "eve/trojan")
@@ -199,39 +202,39 @@ def test_a_dataset_card_cannot_point_at_files_on_this_server(default_data_root, 
              if "://" not in pattern or pattern.startswith("file://") else {"train": [pattern]})
     builders_asked_for(monkeypatch, FakeBuilder(files, rows=[{"stolen": SECRET}]))
     target = default_data_root / "out.jsonl"
-    with pytest.raises(hub_datasets.HubDatasetError, match="names data files outside its repository") as refused:
-        hub_datasets.load_hub_dataset("eve/trojan", target, 100, 10**6)
+    with pytest.raises(hub.HubDatasetError, match="names data files outside its repository") as refused:
+        hub.load_hub_dataset("eve/trojan", target, 100, 10**6)
     assert not target.exists()
     assert str(default_data_root) not in str(refused.value)
 
 
 def test_a_hub_dataset_is_read_from_its_repository_at_one_commit_within_the_limits(default_data_root, monkeypatch):
-    from phi3lora import hub_datasets
+    from phi3lora.data import hub
 
     hub_holds(monkeypatch, "someone/chats")
     rows = [json.loads(conversation_line(f"answer {i}")) for i in range(10)]
     in_repo = [f"hf://datasets/someone/chats@{COMMIT}/data/train-0000{i}.jsonl" for i in range(2)]
     asked = builders_asked_for(monkeypatch, FakeBuilder({"train": in_repo, "test": in_repo[:1]}, rows))
-    target = default_data_root / "out" / hub_datasets.file_name("someone/chats")
+    target = default_data_root / "out" / hub.file_name("someone/chats")
 
-    loaded = hub_datasets.load_hub_dataset("someone/chats", target, 100, 10**6)
+    loaded = hub.load_hub_dataset("someone/chats", target, 100, 10**6)
     assert asked == [("hf://datasets/someone/chats", {"revision": COMMIT, "token": False})]  # never the server's token
     assert (loaded.repo_id, loaded.split, loaded.rows, loaded.truncated) == ("someone/chats", "train", 10, False)
     assert [json.loads(line) for line in target.read_text().splitlines()] == rows
 
-    assert hub_datasets.load_hub_dataset("someone/chats:test", target, 4, 10**6).rows == 4  # max_rows
+    assert hub.load_hub_dataset("someone/chats:test", target, 4, 10**6).rows == 4  # max_rows
     few_bytes = len(conversation_line("answer 0").encode()) * 3
-    assert hub_datasets.load_hub_dataset("someone/chats", target, 100, few_bytes).truncated
+    assert hub.load_hub_dataset("someone/chats", target, 100, few_bytes).truncated
     assert len(target.read_text().splitlines()) == 3  # max_bytes
-    with pytest.raises(hub_datasets.HubDatasetError, match=r"no split 'validation' \(its splits: test, train\)"):
-        hub_datasets.load_hub_dataset("someone/chats:validation", target, 100, 10**6)
+    with pytest.raises(hub.HubDatasetError, match=r"no split 'validation' \(its splits: test, train\)"):
+        hub.load_hub_dataset("someone/chats:validation", target, 100, 10**6)
 
 
 def test_media_a_hub_row_names_is_not_opened_on_this_server(default_data_root, monkeypatch):
     """A declared image (or audio, video, pdf) feature is decoded from whatever path a row gives: left undecoded."""
     import datasets
 
-    from phi3lora import hub_datasets
+    from phi3lora.data import hub
 
     planted = plant_upload(default_data_root)
     hub_holds(monkeypatch, "eve/pictures")
@@ -242,17 +245,121 @@ def test_media_a_hub_row_names_is_not_opened_on_this_server(default_data_root, m
     opened = []
     monkeypatch.setattr(datasets.Image, "decode_example", lambda *args, **kwargs: opened.append(args))
     target = default_data_root / "out.jsonl"
-    assert hub_datasets.load_hub_dataset("eve/pictures", target, 100, 10**6).rows == 1
+    assert hub.load_hub_dataset("eve/pictures", target, 100, 10**6).rows == 1
     assert not opened and SECRET not in target.read_text()
+
+
+# --- the same hole through the command line: --data hub:... -----------------------------------------------------
+
+NOT_AN_ID, NOT_ON_THE_HUB = "not an id", "not on the hub"
+CLI_NAMES = {  # what --data hub:NAME names here -> which refusal it gets
+    "../x": NOT_AN_ID, "/etc": NOT_AN_ID, "": NOT_AN_ID, "{cwd}/phi3lora_home/uploads": NOT_AN_ID,
+    "phi3lora_home/uploads/..": NOT_AN_ID, "./phi3lora_home": NOT_AN_ID, "someone/chats:../../etc": NOT_AN_ID,
+    "json": NOT_ON_THE_HUB, "csv": NOT_ON_THE_HUB, "scripted": NOT_ON_THE_HUB, "alice.jsonl": NOT_ON_THE_HUB,
+    "phi3lora_home/uploads": NOT_ON_THE_HUB,
+}
+COMMANDS = {"validate": ["validate", "--json"], "train": ["train", "--output", "out"], "runs start": ["runs", "start"]}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("typed", CLI_NAMES)
+def test_the_cli_never_reads_a_local_place_named_as_a_hub_dataset(default_data_root, monkeypatch, capsys, command,
+                                                                   typed):
+    """As on a shared machine whose operator scripts the CLI with ids other people send: whatever the id names
+    here, and even when the hub says it has a repository of that name, nothing on this disk is read or copied,
+    and the refusal is one line (the Data tab's words) with exit status 1."""
+    from phi3lora.cli import main
+    from phi3lora.data import hub
+
+    planted = plant_upload(default_data_root)
+    before = set(default_data_root.rglob("*"))
+    name = typed.format(cwd=default_data_root)
+    hub_holds(monkeypatch, name)  # anyone can create a hub repository of (almost) any name
+    asked = builders_asked_for(monkeypatch, None)
+    assert main([*COMMANDS[command], "--data", f"hub:{name}"]) == 1
+    out, err = capsys.readouterr()
+    refusal = hub.not_a_hub_id(name) if CLI_NAMES[typed] == NOT_AN_ID else hub.not_on_the_hub(name)
+    assert (out, err) == ("", f"error: {refusal}\n")
+    assert SECRET not in err and str(default_data_root) not in re.sub(r"'[^']*'", "", err)
+    assert not asked, "datasets was asked to load it"
+    assert set(default_data_root.rglob("*")) == before, "the command wrote something"
+    assert planted.is_file()
+
+
+class SplitsAskedFor(FakeBuilder):
+    def as_streaming_dataset(self, split: str):
+        self.splits = [*getattr(self, "splits", []), split]
+        return super().as_streaming_dataset(split)
+
+
+def hub_holds_chats(monkeypatch, rows: int = 5) -> tuple[list[tuple], SplitsAskedFor, list[dict]]:
+    hub_holds(monkeypatch, "someone/chats")
+    records = [json.loads(conversation_line(f"answer {i}")) for i in range(rows)]
+    in_repo = [f"hf://datasets/someone/chats@{COMMIT}/data/{split}.jsonl" for split in ("train", "test")]
+    builder = SplitsAskedFor({"train": in_repo[:1], "test": in_repo[1:]}, records)
+    return builders_asked_for(monkeypatch, builder), builder, records
+
+
+def test_the_cli_validates_a_hub_dataset_and_split(default_data_root, monkeypatch, capsys):
+    from phi3lora.cli import main
+
+    asked, builder, records = hub_holds_chats(monkeypatch)
+    before = set(default_data_root.rglob("*"))
+    assert main(["validate", "--data", "hub:someone/chats:test", "--model", "demo", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert asked == [("hf://datasets/someone/chats", {"revision": COMMIT, "token": False})]  # never the server's token
+    assert builder.splits == ["test"]
+    assert (report["path"], report["format"], report["conversations"], report["ok"]) == \
+        ("hub:someone/chats:test", "messages", len(records), True)
+    assert set(default_data_root.rglob("*")) == before  # the copy it read is removed
+
+    line = len(conversation_line("answer 0").encode())
+    monkeypatch.setenv("PHI3LORA_MAX_UPLOAD_MB", str(2.5 * line / 1024 / 1024))  # room for two records
+    assert main(["validate", "--data", "hub:someone/chats", "--model", "demo", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["conversations"] == 2
+    assert err.startswith("note: only the first 2 records of someone/chats:train are used"), err
+
+
+def test_the_cli_trains_and_queues_on_a_hub_dataset(default_data_root, monkeypatch, capsys):
+    """train keeps the copy beside the adapter (its config.yaml names it); runs start hands it to the run, which
+    snapshots it."""
+    import types
+
+    from phi3lora.runs import lifecycle
+    from phi3lora.cli import main
+
+    asked, builder, records = hub_holds_chats(monkeypatch)
+    given = []
+
+    def train(config, output, resume=False):  # the trainer, replaced: what matters here is the file it is given
+        given.append(Path(config.data.path).read_text())
+        return types.SimpleNamespace(seconds=0, global_step=0, train_loss=None, eval_loss=None, output_dir=output)
+
+    trainer = types.ModuleType("phi3lora.training.trainer")
+    trainer.train = train
+    monkeypatch.setitem(sys.modules, "phi3lora.training.trainer", trainer)
+    assert main(["train", "--data", "hub:someone/chats", "--output", "out"]) == 0
+    kept = default_data_root / "out" / "dataset" / "someone__chats.jsonl"
+    assert [json.loads(line) for line in kept.read_text().splitlines()] == records and given == [kept.read_text()]
+
+    queued = []
+    monkeypatch.setattr(lifecycle, "start_run", lambda config: queued.append(Path(config.data.path)) or "run-1")
+    assert main(["runs", "start", "--data", "hub:someone/chats:test"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "run-1"
+    assert queued[0].name == "someone__chats__test.jsonl" and not queued[0].exists()  # a temporary copy
+    assert builder.splits == ["train", "test"] and len(asked) == 2
 
 
 def test_the_data_tab_names_datasets_never_their_place_on_the_server(default_data_root):
     """A session's upload folder is pruned after a day: the analysis says the dataset is gone, not where it was."""
     from phi3lora.ui import data_tab
+    from phi3lora.ui.state import TokenizerCache
 
     gone = default_data_root / "phi3lora_home" / "uploads" / secrets.token_hex(16) / "notes.jsonl"
     with pytest.warns(UserWarning, match="notes.jsonl has no usable conversations"):
-        summary, problems, *_ = data_tab.analyse({"path": str(gone), "name": "notes.jsonl", "source": "uploaded"},
+        summary, problems, *_ = data_tab.analyse(TokenizerCache(),
+                                                 {"path": str(gone), "name": "notes.jsonl", "source": "uploaded"},
                                                  "auto", None, 512, 0.1)
     shown = summary + problems.to_string()
     assert "file not found: notes.jsonl" in problems.to_string()
@@ -261,10 +368,12 @@ def test_the_data_tab_names_datasets_never_their_place_on_the_server(default_dat
 
 # --- hole 8: base model names typed by an outsider ---------------------------------------------------------------
 
-def clear_tokenizer_cache() -> None:
-    from phi3lora.ui import data_tab
+@pytest.fixture
+def tokenizers():
+    """The Data tab's tokenizer cache, as build_app makes one (AppState.tokenizers): empty, this test's own."""
+    from phi3lora.ui.state import TokenizerCache
 
-    data_tab._cached_tokenizer.cache_clear()
+    return TokenizerCache()
 
 
 @pytest.fixture
@@ -272,7 +381,7 @@ def asked_to_load(monkeypatch) -> list[str]:
     """Every tokenizer the Data tab asks to load, by name. Each load succeeds with the demo model's tokenizer:
     the attacker's best case, as if every repository existed and every fetch worked."""
     from phi3lora.modeling import load_tokenizer
-    from phi3lora.ui import data_tab
+    from phi3lora.ui import state
 
     demo = load_tokenizer(str(DEMO_MODEL))
     asked: list[str] = []
@@ -281,10 +390,8 @@ def asked_to_load(monkeypatch) -> list[str]:
         asked.append(name)
         return demo
 
-    clear_tokenizer_cache()
-    monkeypatch.setattr(data_tab, "load_tokenizer", recording_load)
-    yield asked
-    clear_tokenizer_cache()
+    monkeypatch.setattr(state, "load_tokenizer", recording_load)
+    return asked
 
 
 @pytest.fixture
@@ -317,55 +424,54 @@ def the_same_whatever_the_name(message: str) -> str:
     return re.sub(r"'[^']*'", "'<name>'", message)
 
 
-def test_an_outsider_cannot_make_the_server_load_any_tokenizer(sign_in_required, asked_to_load, tmp_path):
+def test_an_outsider_cannot_make_the_server_load_any_tokenizer(sign_in_required, asked_to_load, tokenizers,
+                                                                tmp_path):
     from phi3lora.ui import data_tab
 
     for name in probes(tmp_path).values():
         with pytest.warns(UserWarning, match="not available"):
-            data_tab.tokenizer_for(name)
+            data_tab.tokenizer_for(tokenizers, name)
     assert all(Path(name).resolve() == DEMO_MODEL for name in asked_to_load), asked_to_load
 
 
-def test_the_analysis_answers_alike_for_every_base_model_it_does_not_load(sign_in_required, tmp_path):
+def test_the_analysis_answers_alike_for_every_base_model_it_does_not_load(sign_in_required, tokenizers, tmp_path):
     from phi3lora.ui import data_tab
 
-    clear_tokenizer_cache()
     answers = {}
     for what, name in probes(tmp_path).items():
         with pytest.warns(UserWarning) as warned:
-            data_tab.tokenizer_for(name)
+            data_tab.tokenizer_for(tokenizers, name)
         answers[what] = [the_same_whatever_the_name(str(w.message)) for w in warned]
     assert len({json.dumps(a) for a in answers.values()}) == 1, answers
     [message] = next(iter(answers.values()))
     assert str(tmp_path) not in message and "exist" not in message and "folder" not in message, message
 
 
-def test_tokenizers_are_cached_a_few_at_a_time(sign_in_required, asked_to_load, monkeypatch):
+def test_tokenizers_are_cached_a_few_at_a_time(sign_in_required, asked_to_load, tokenizers, monkeypatch):
     from phi3lora.ui import data_tab
+    from phi3lora.ui.state import MAX_CACHED_TOKENIZERS
 
     models = [f"org/model-{i}" for i in range(10)]
     monkeypatch.setenv("PHI3LORA_ALLOWED_BASE_MODELS", ",".join(models))
-    few = getattr(data_tab, "MAX_CACHED_TOKENIZERS", 4)
+    few = MAX_CACHED_TOKENIZERS
     for name in models:
-        data_tab.tokenizer_for(name)
+        data_tab.tokenizer_for(tokenizers, name)
     for name in reversed(models[-few:]):  # the most recent few are still held: no new load
-        data_tab.tokenizer_for(name)
+        data_tab.tokenizer_for(tokenizers, name)
     assert asked_to_load == models
-    data_tab.tokenizer_for(models[0])  # the least recently used went first
+    data_tab.tokenizer_for(tokenizers, models[0])  # the least recently used went first
     assert asked_to_load == [*models, models[0]]
 
 
-def test_locally_the_owner_names_any_folder(monkeypatch, tmp_path, recwarn):
+def test_locally_the_owner_names_any_folder(monkeypatch, tokenizers, tmp_path, recwarn):
     from phi3lora.ui import data_tab
 
     monkeypatch.delenv("PHI3LORA_REQUIRE_LOGIN", raising=False)
     monkeypatch.delenv("SPACE_ID", raising=False)
-    clear_tokenizer_cache()
     folder = tokenizer_folder(tmp_path / "my-model")
-    tokenizer = data_tab.tokenizer_for(str(folder))
+    tokenizer = data_tab.tokenizer_for(tokenizers, str(folder))
     assert tokenizer.name_or_path == str(folder)
     assert not [w for w in recwarn if "not available" in str(w.message)]
-    clear_tokenizer_cache()
 
 
 # --- the real server: a Space without a bucket, three password users ---------------------------------------------

@@ -24,7 +24,8 @@ import pytest
 from app_server import app_server
 
 from conftest import copy_home
-from phi3lora import chat, limits
+from phi3lora.inference import service
+from phi3lora.policy import limits
 from phi3lora.errors import UserError
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "config.yaml")
@@ -82,7 +83,7 @@ def test_an_adapter_zip_bomb_is_refused_while_it_streams(home, tmp_path):
     tracemalloc.start()
     try:
         with pytest.raises(UserError, match="adapter_model.safetensors unpacks to more than") as refused:
-            chat.import_adapter_zip(bomb)
+            service.import_adapter_zip(bomb)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -99,7 +100,7 @@ def test_a_zip_whose_headers_lie_about_sizes_is_refused(home, tmp_path):
     with zipfile.ZipFile(bomb) as archive:  # what the headers say: the size of the real adapter
         assert archive.getinfo("adapter_model.safetensors").file_size < 1.1 * MB
     with pytest.raises(UserError, match="liar.zip"):
-        chat.import_adapter_zip(bomb)
+        service.import_adapter_zip(bomb)
     assert uploaded_files(root) == [], "a refused adapter left files behind"
 
 
@@ -116,19 +117,19 @@ def test_an_adapter_for_an_unknown_base_is_held_to_the_operators_limit(home, tmp
     monkeypatch.setenv("PHI3LORA_ALLOWED_BASE_MODELS", "demo,someone/else")  # allowed, but of no shape known here
     monkeypatch.setenv("PHI3LORA_MAX_ADAPTER_MB", "2")
     with pytest.raises(limits.LimitExceeded, match=re.escape("this server's limit of 2 MB (PHI3LORA_MAX_ADAPTER_MB)")):
-        chat.import_adapter_zip(bomb)
+        service.import_adapter_zip(bomb)
     assert uploaded_files(root) == []
 
 
 def test_uploaded_adapters_are_kept_per_user_within_a_quota(home, tmp_path, monkeypatch):
     root, run = home
     monkeypatch.setenv("PHI3LORA_ADAPTER_QUOTA_MB", "2")  # one identity adapter (about 1.1 MB) fits, not two
-    first = chat.import_adapter_zip(adapter_zip(run, tmp_path / "first.zip"), "user:alice")
+    first = service.import_adapter_zip(adapter_zip(run, tmp_path / "first.zip"), "user:alice")
     quota = r"your uploaded adapters.* \(PHI3LORA_ADAPTER_QUOTA_MB\)"
     with pytest.raises(limits.LimitExceeded, match=quota) as refused:
-        chat.import_adapter_zip(adapter_zip(run, tmp_path / "second.zip"), "user:alice")
+        service.import_adapter_zip(adapter_zip(run, tmp_path / "second.zip"), "user:alice")
     assert "2 MB" in str(refused.value) and str(root) not in str(refused.value)
-    bobs = chat.import_adapter_zip(adapter_zip(run, tmp_path / "second.zip"), "user:bob")  # alice's use is hers
+    bobs = service.import_adapter_zip(adapter_zip(run, tmp_path / "second.zip"), "user:bob")  # alice's use is hers
     assert first.path.parent != bobs.path.parent
     assert "alice" not in str(first.path) and "bob" not in str(bobs.path)  # folders named by a hash, not the name
     assert sorted(p.name for p in first.path.parent.iterdir()) == [first.path.name]  # the refused one is gone
@@ -153,15 +154,15 @@ def test_a_hub_adapter_heavier_than_its_config_allows_is_never_downloaded(home, 
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", download_everything)
     with pytest.raises(UserError, match="someone/huge: adapter_model.safetensors weighs more than .* rank 16"):
-        chat.download_hub_adapter("someone/huge")
+        service.download_hub_adapter("someone/huge")
 
 
 def test_uploaded_adapters_expire(home, tmp_path):
     root, run = home
-    old = chat.import_adapter_zip(adapter_zip(run, tmp_path / "old.zip"))
+    old = service.import_adapter_zip(adapter_zip(run, tmp_path / "old.zip"))
     day_ago = time.time() - 25 * 3600
     os.utime(old.path, (day_ago, day_ago))
-    new = chat.import_adapter_zip(adapter_zip(run, tmp_path / "new.zip"))
+    new = service.import_adapter_zip(adapter_zip(run, tmp_path / "new.zip"))
     assert not old.path.exists(), "an adapter uploaded 25 hours ago is kept (PHI3LORA_ADAPTER_HOURS: 24)"
     assert new.path.is_dir()
 

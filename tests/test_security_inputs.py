@@ -15,10 +15,15 @@ from pathlib import Path
 import pytest
 
 from conftest import DEMO_MODEL, run_cli
-from phi3lora import chat, evaluation, jobs, limits, votes
-from phi3lora.allowed_models import BaseModelNotAllowed
+from phi3lora.inference import service
+from phi3lora.inference import evaluation
+from phi3lora.runs import lifecycle
+from phi3lora.policy import limits
+from phi3lora.inference import votes
+from phi3lora.policy.allowed_models import BaseModelNotAllowed
 from phi3lora.config import ConfigError, JobConfig, load_yaml
 from phi3lora.errors import UserError
+from phi3lora.job_builder import load_job, override
 
 EVIL_MODULE = """
 from pathlib import Path
@@ -46,7 +51,7 @@ def adapter_asking_for(run_adapter: Path, target: Path, model: dict) -> Path:
     target.mkdir(parents=True)
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         shutil.copyfile(run_adapter / name, target / name)
-    config = JobConfig.from_yaml(run_adapter / "config.yaml").to_dict()
+    config = load_job(run_adapter / "config.yaml").to_dict()
     config["model"].update(model)
     (target / "config.yaml").write_text(json.dumps(config))
     return target
@@ -70,7 +75,7 @@ def home(identity_copy, monkeypatch):
 def chat_with(choice, prompt="Who are you?", max_new_tokens=4):
     conversation = [{"role": "user", "content": prompt}]
     texts = []
-    for texts in chat.ChatService().stream([choice], [chat.BASE_COLUMN, choice.ref], [conversation, conversation],
+    for texts in service.ChatService().stream([choice], [service.BASE_COLUMN, choice.ref], [conversation, conversation],
                                            max_new_tokens=max_new_tokens):
         pass
     return texts
@@ -84,7 +89,7 @@ def test_an_uploaded_adapter_cannot_pick_a_base_with_remote_code(home, tmp_path)
     adapter = adapter_asking_for(home / "runs" / run_id, tmp_path / "evil-adapter",
                                  {"base_model": str(folder), "trust_remote_code": True})
     with pytest.raises(BaseModelNotAllowed, match="is not available on this server") as refused:
-        chat_with(chat.import_adapter_zip(zipped(adapter)))
+        chat_with(service.import_adapter_zip(zipped(adapter)))
     assert str(folder) not in str(refused.value) or "evil-base" in str(refused.value)  # names it, no existence hint
     assert not marker.exists(), "the adapter's base model code ran in the web process"
 
@@ -95,7 +100,7 @@ def test_an_adapter_never_turns_remote_code_on_even_for_an_allowed_base(home, tm
     monkeypatch.setenv("PHI3LORA_ALLOWED_BASE_MODELS", f"demo,{folder}")  # the operator allows the folder, not its code
     adapter = adapter_asking_for(home / "runs" / run_id, tmp_path / "evil-adapter",
                                  {"base_model": str(folder), "trust_remote_code": True})
-    choice = chat.import_adapter_zip(zipped(adapter))
+    choice = service.import_adapter_zip(zipped(adapter))
     assert choice.settings.trust_remote_code is False
     with pytest.raises(UserError):  # the folder is no model transformers knows without its code
         chat_with(choice)
@@ -138,16 +143,16 @@ def test_an_adapter_zip_with_an_alias_bomb_is_refused_with_a_short_message(home,
     adapter = adapter_asking_for(home / "runs" / run_id, tmp_path / "bomb", {})
     (adapter / "config.yaml").write_text(alias_bomb(6))
     with pytest.raises(UserError, match="aliases") as refused:
-        chat.import_adapter_zip(zipped(adapter))
+        service.import_adapter_zip(zipped(adapter))
     assert len(str(refused.value)) < 500
 
 
 def test_config_errors_never_echo_long_input():
     with pytest.raises(ConfigError) as refused:
-        JobConfig().with_overrides([f"training_config.lr_scheduler_type={'x' * 100_000}"])
+        override(JobConfig(), [f"training_config.lr_scheduler_type={'x' * 100_000}"])
     assert len(str(refused.value)) < 500
     with pytest.raises(ConfigError) as refused:
-        JobConfig().with_overrides([f"{'k' * 100_000}=1"])
+        override(JobConfig(), [f"{'k' * 100_000}=1"])
     assert len(str(refused.value)) < 500
 
 
@@ -163,7 +168,7 @@ def test_other_hostile_yaml_is_refused_with_a_message(text):
 def test_a_prompt_over_the_token_limit_is_refused_before_generating(home, monkeypatch):
     _, run_id = home
     monkeypatch.setenv("PHI3LORA_MAX_PROMPT_TOKENS", "200")
-    [choice] = chat.ChatService().resolve([f"run:{run_id}"])
+    [choice] = service.ChatService().resolve([f"run:{run_id}"])
     started = time.monotonic()
     with pytest.raises(UserError, match=r"over this server's limit of 200 \(PHI3LORA_MAX_PROMPT_TOKENS\)"):
         chat_with(choice, prompt="tell me more " * 300)
@@ -206,16 +211,16 @@ def test_plain_cells_are_left_alone():
     ("training_config.num_train_epochs", 1e9, "PHI3LORA_MAX_EPOCHS"),
 ])
 def test_runs_cannot_be_endless(home, setting, value, variable, datasets_dir):
-    config = JobConfig().with_overrides([f"data.path={datasets_dir / 'identity.json'}", "model.base_model=demo",
+    config = override(JobConfig(), [f"data.path={datasets_dir / 'identity.json'}", "model.base_model=demo",
                                          f"{setting}={value}"])
     with pytest.raises(limits.LimitExceeded, match=f"{setting} is .*over this server's limit of .*{variable}"):
-        jobs.start_run(config)
+        lifecycle.start_run(config)
 
 
 def test_an_unknown_run_is_refused_without_the_servers_paths(home):
     home, _ = home
     with pytest.raises(UserError) as refused:
-        jobs.run_info("20200101-000000-abcdef")
+        lifecycle.run_info("20200101-000000-abcdef")
     assert str(home) not in str(refused.value) and "/" not in str(refused.value)
 
 
@@ -255,4 +260,4 @@ def test_dataset_and_model_text_loads_no_images_in_chat_bubbles(text):
                                      "training_config.learning_rate=.nan", "training_config.max_grad_norm=-.inf"])
 def test_settings_that_are_not_numbers_are_refused_with_the_field_named(setting):
     with pytest.raises(ConfigError, match=re.escape(setting.split("=")[0]) + ": .*finite"):
-        JobConfig().with_overrides([setting])
+        override(JobConfig(), [setting])

@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_cli
-from phi3lora import access, allowed_models, jobs, limits, runs, settings
+from phi3lora import settings
+from phi3lora.policy import access
+from phi3lora.policy import allowed_models
+from phi3lora.policy import limits
+from phi3lora.tasks import machine
 from phi3lora.settings import SettingsError
 
 README = REPO / "README.md"
@@ -125,16 +129,16 @@ def test_unset_or_blank_means_the_default(monkeypatch):
     assert settings.get_float("PHI3LORA_MAX_UPLOAD_MB") == 100.0
     assert settings.get_int("PHI3LORA_MAX_PROMPT_TOKENS") is None  # computed from the model's context
     assert limits.max_prompt_tokens(4096, 512) == 3584
-    assert jobs.max_concurrent_runs() == 1 and jobs.cancel_grace_seconds() == 60.0
+    assert settings.get_int("PHI3LORA_MAX_RUNS") == 1 and machine.cancel_grace_seconds() == 60.0
     assert settings.get_int("PHI3LORA_TRAINER_NICE") == 10
-    assert runs.data_root() == (Path.cwd() / "phi3lora_home").resolve()
+    assert settings.data_root() == (Path.cwd() / "phi3lora_home").resolve()
     assert settings.password_logins() is None
 
 
 def test_values_are_read_when_asked_not_at_import(monkeypatch):
     monkeypatch.setenv("PHI3LORA_CANCEL_GRACE", "1.5")
     monkeypatch.setenv("PHI3LORA_MAX_STEPS", "7")
-    assert jobs.cancel_grace_seconds() == 1.5
+    assert machine.cancel_grace_seconds() == 1.5
     with pytest.raises(limits.LimitExceeded, match=re.escape("over this server's limit of 7 (PHI3LORA_MAX_STEPS)")):
         limits.check("PHI3LORA_MAX_STEPS", 8, "training_config.max_steps")
 

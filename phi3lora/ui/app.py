@@ -7,10 +7,10 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from .. import settings
-from ..runs import data_root
 
-from .. import adapter_zip
+from ..inference import adapter_zip
 from . import compare_tab, data_tab, downloads, runs_tab, train_tab
+from .state import AppState
 from .common import UploadCacheBound, prune_uploads, remove_folder, upload_cache_lifetime
 from .visitors import policy
 
@@ -25,12 +25,15 @@ def _space_header() -> None:
     if policy().login_required and os.environ.get("OAUTH_CLIENT_ID"):  # set by Spaces whose card has hf_oauth
         gr.LoginButton()
     if not settings.is_set("PHI3LORA_HOME"):
-        gr.Markdown(f"⚠️ **Runs are kept on this Space's own disk ({data_root()}) and vanish when it "
+        gr.Markdown(f"⚠️ **Runs are kept on this Space's own disk ({settings.data_root()}) and vanish when it "
                     "restarts.** Mount a storage bucket and set PHI3LORA_HOME to its path (README: Deploy as a "
                     "Space).", elem_id="storage-warning")
 
 
-def build_app() -> gr.Blocks:
+def build_app(state: AppState | None = None) -> gr.Blocks:
+    """The app, its handlers closed over `state` (a new AppState unless given), which it keeps as
+    `app.phi3lora_state` for whoever needs to reach it (tests, scripts)."""
+    state = state or AppState()
     prune_uploads()
     adapter_zip.prune_expired()
     # Gradio's own clean-up gives every file of its cache a lifetime ($PHI3LORA_CACHE_SECONDS).
@@ -48,20 +51,20 @@ def build_app() -> gr.Blocks:
             with gr.Tab("3 · Runs") as runs_item:
                 runs = runs_tab.build()
             with gr.Tab("4 · Compare") as compare_item:
-                compare = compare_tab.build()
-        data_tab.wire(data, upload_dir, train.base_model, train.max_length)
-        train_tab.wire(train, data.dataset, data.data_format, data.drop_invalid, data.eval_size)
-        train_tab.on_load(train, demo)
+                compare = compare_tab.build(state)
+        data_tab.wire(data, state, upload_dir, train.base_model, train.max_length)
+        train_tab.wire(train, demo, data.dataset, data.data_format, data.drop_invalid, data.eval_size)
         runs_tab.wire(runs, runs_item, demo)
-        compare_tab.wire(compare, compare_item)
+        compare_tab.wire(compare, compare_item, state)
         # A started run appears in the Runs table at once.
         train.start_button.click(runs_tab.refresh, runs.run_pickers, [runs.table, *runs.run_pickers],
                                  api_visibility="private")
         with gr.Group(visible=False):  # API only: gradio_client and scripts call these by name
-            data_tab.add_api()
+            data_tab.add_api(state)
             train_tab.add_api()
-            compare_tab.add_api()
+            compare_tab.add_api(state)
     demo.queue(default_concurrency_limit=4)
+    demo.phi3lora_state = state
     return demo
 
 

@@ -18,7 +18,8 @@ import anyio
 import gradio as gr
 from gradio.route_utils import API_PREFIX
 
-from .. import limits, runs, settings
+from .. import settings
+from ..policy import limits
 from ..data import SUPPORTED_EXTENSIONS
 from ..errors import UserError
 
@@ -84,7 +85,7 @@ def describe_size(mb: float) -> str:
 
 
 def uploads_root() -> Path:
-    return runs.data_root() / "uploads"
+    return settings.data_root() / "uploads"
 
 
 def prune_uploads(max_age_hours: float = 24.0) -> None:

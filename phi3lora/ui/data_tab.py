@@ -2,22 +2,20 @@
 the eval split. The reading, checking and rendering are phi3lora.data's; this module only shows them."""
 from __future__ import annotations
 
-import functools
 import logging
 import secrets
 import shutil
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from .. import data, hub_datasets
-from ..allowed_models import is_allowed
-from ..config import DataSettings
-from ..errors import UserError
-from ..modeling import ModelLoadError, choose_base_model, load_tokenizer
+from .. import data
+from ..policy.allowed_models import is_allowed
+from ..config import DEFAULT_MAX_LENGTH, DataSettings
+from ..errors import UserError, shorten
+from ..modeling import ModelLoadError, choose_base_model
 from .common import (
     bundled_datasets,
     describe_size,
@@ -30,6 +28,7 @@ from .common import (
     uploads_root,
 )
 from .safe_text import no_remote_images
+from .state import AppState, TokenizerCache, handler
 from .visitors import policy, require_training
 
 log = logging.getLogger(__name__)
@@ -37,11 +36,8 @@ log = logging.getLogger(__name__)
 PREVIEW_CONVERSATIONS = 50  # how many the preview picker offers
 HISTOGRAM_BINS = 24
 FITS, TRUNCATED = "fits", "over max length (truncated)"
-MAX_HUB_ROWS = 100_000
-MAX_CACHED_TOKENIZERS = 4  # each holds its whole vocabulary: keep the few in use, drop the least recently used
+MAX_HUB_ROWS = data.hub.MAX_ROWS
 SHOWN_CHARS = 80  # a message quotes at most this much of what a visitor typed
-
-_tokenizer_lock = threading.Lock()  # one load at a time: two visitors asking for the same one load it once
 
 
 @dataclass
@@ -105,9 +101,11 @@ def build() -> DataTab:
                    summary, problems, split, histogram, preview_pick, chat, template, gr.State(None))
 
 
-def wire(tab: DataTab, upload_dir: gr.State, base_model: gr.Component, max_length: gr.Component) -> None:
+def wire(tab: DataTab, state: AppState, upload_dir: gr.State, base_model: gr.Component,
+         max_length: gr.Component) -> None:
     """Connect the tab; the tokenizer and the max-length cut come from the Train tab's settings."""
     private = {"api_visibility": "private"}
+    analyse_ = handler(analyse, state.tokenizers)
     shown = [tab.summary, tab.problems, tab.histogram, tab.preview_pick, tab.chat, tab.template, tab.analysis, tab.split]
     analyse_inputs = [tab.dataset, tab.data_format, base_model, max_length, tab.eval_size]
 
@@ -117,22 +115,22 @@ def wire(tab: DataTab, upload_dir: gr.State, base_model: gr.Component, max_lengt
         (tab.hub_button.click, use_hub, [tab.hub_id, upload_dir], [tab.dataset, upload_dir, tab.bundled]),
         (tab.hub_id.submit, use_hub, [tab.hub_id, upload_dir], [tab.dataset, upload_dir, tab.bundled]),
     ]:
-        event(fn, inputs, outputs, **private).success(analyse, analyse_inputs, shown, **private)
-    tab.data_format.input(analyse, analyse_inputs, shown, **private)
-    base_model.change(analyse, analyse_inputs, shown, **private)
+        event(fn, inputs, outputs, **private).success(analyse_, analyse_inputs, shown, **private)
+    tab.data_format.input(analyse_, analyse_inputs, shown, **private)
+    base_model.change(analyse_, analyse_inputs, shown, **private)
     max_length.change(rebin, [tab.analysis, max_length], [tab.histogram, tab.summary], show_progress="hidden",
                       **private)
     tab.eval_size.change(split_text, [tab.analysis, tab.eval_size], [tab.split], show_progress="hidden", **private)
-    tab.preview_pick.input(show_conversation, [tab.analysis, tab.preview_pick, base_model], [tab.chat, tab.template],
-                           **private)
+    tab.preview_pick.input(handler(show_conversation, state.tokenizers), [tab.analysis, tab.preview_pick, base_model],
+                           [tab.chat, tab.template], **private)
 
 
-def add_api() -> None:
+def add_api(state: AppState) -> None:
     """`/validate_dataset`: a file in, phi3lora.data.report() as JSON out (hidden components, API only)."""
     file_in = gr.File(label="file", visible=False, file_types=list(data.SUPPORTED_EXTENSIONS))
     report_out = gr.JSON(label="report", visible=False)
     trigger = gr.Button(visible=False)
-    trigger.click(validate_dataset, [file_in], [report_out], api_name="validate_dataset")
+    trigger.click(handler(validate_dataset, state.tokenizers), [file_in], [report_out], api_name="validate_dataset")
 
 
 # --- choosing a dataset ----------------------------------------------------------------------------------------
@@ -163,22 +161,21 @@ def use_bundled(name: str | None):
 
 @shows_errors
 def use_hub(dataset_id: str, folder: str | None, request: gr.Request, max_rows: int = MAX_HUB_ROWS):
-    """Copy a hub dataset into this visitor's folder. hub_datasets makes sure the id reaches the hub only,
+    """Copy a hub dataset into this visitor's folder. data.hub makes sure the id reaches the hub only,
     never a folder or file on this server."""
     require_training(request, "load datasets")
-    target_name = hub_datasets.file_name(dataset_id)  # refuses anything that is not owner/name[:split]
-    shown = hub_datasets.shorten(dataset_id.strip())
+    data.hub.parse_dataset_id(dataset_id)  # refuses anything that is not owner/name[:split]
+    shown = shorten(dataset_id.strip(), as_repr=False)
     why_not = hub_reachable()
     if why_not:
         raise gr.Error(f"Cannot load {shown!r} from the Hugging Face hub: {why_not}. "
                        "Download the dataset yourself and upload the file instead.")
     folder = session_folder(folder)
-    target = Path(folder) / target_name
-    loaded = hub_datasets.load_hub_dataset(dataset_id, target, max_rows, max_upload_bytes())
+    loaded = data.hub.fetch(dataset_id, folder, max_rows, max_upload_bytes())
     if loaded.truncated:
         gr.Warning(f"{loaded.name} is larger than this server takes ({max_rows} records, "
                    f"{describe_size(max_upload_mb())}): only its first {loaded.rows} records are used.")
-    return {"path": str(target), "name": f"{loaded.name} (hub)", "source": "Hugging Face hub"}, folder, None
+    return {"path": str(loaded.path), "name": f"{loaded.name} (hub)", "source": "Hugging Face hub"}, folder, None
 
 
 def refuse_upload_unless_allowed(request: gr.Request, cached: str) -> None:
@@ -192,47 +189,40 @@ def refuse_upload_unless_allowed(request: gr.Request, cached: str) -> None:
 
 # --- analysing it ----------------------------------------------------------------------------------------------
 
-def tokenizer_for(base_model: str | None):
+def tokenizer_for(tokenizers: TokenizerCache, base_model: str | None):
     """The base model's tokenizer (cached); the demo model's, with a warning, when it is not available here.
     With sign-in required, only the operator's allowed base models load: anyone can type a name here, and it
     must not make the server fetch from any repository or tell which folders exist. Empty is the default model."""
     name = choose_base_model(base_model or None).name_or_path
     if base_model and policy().login_required and not is_allowed(base_model):
-        return _demo_tokenizer_instead(base_model)
-    with _tokenizer_lock:
-        try:
-            return _cached_tokenizer(name)
-        except ModelLoadError as error:
-            log.warning("Data tab: %s", error)  # the why (missing, unreadable, offline) is for the server log only
-    return _demo_tokenizer_instead(base_model)
+        return _demo_tokenizer_instead(tokenizers, base_model)
+    try:
+        return tokenizers.get(name)
+    except ModelLoadError as error:
+        log.warning("Data tab: %s", error)  # the why (missing, unreadable, offline) is for the server log only
+    return _demo_tokenizer_instead(tokenizers, base_model)
 
 
-@functools.lru_cache(maxsize=MAX_CACHED_TOKENIZERS)
-def _cached_tokenizer(name_or_path: str):
-    return load_tokenizer(name_or_path)  # read-only once loaded, so one copy serves every visitor
-
-
-def _demo_tokenizer_instead(base_model: str | None):
+def _demo_tokenizer_instead(tokenizers: TokenizerCache, base_model: str | None):
     """The same words whatever the reason (not allowed, no such folder or repository, unreadable)."""
-    shown = base_model or "the default base model"
-    shown = shown if len(shown) <= SHOWN_CHARS else shown[:SHOWN_CHARS - 3] + "..."
+    shown = shorten(base_model or "the default base model", SHOWN_CHARS, as_repr=False)
     # Not the allow-list itself: it may hold the operator's folders.
     allowed = " This server analyses only the base models its operator allows." if policy().login_required else ""
     gr.Warning(f"Base model {shown!r} is not available for the analysis on this server, so token counts come from "
                f"the tokenizer of the demo model (same Phi-3 chat template, different counts).{allowed}")
-    with _tokenizer_lock:
-        return _cached_tokenizer(choose_base_model("demo").name_or_path)
+    return tokenizers.get(choose_base_model("demo").name_or_path)
 
 
 @shows_errors
-def analyse(dataset: dict | None, fmt: str, base_model: str | None, max_length: float | None, eval_size: float | None):
+def analyse(tokenizers: TokenizerCache, dataset: dict | None, fmt: str, base_model: str | None,
+            max_length: float | None, eval_size: float | None):
     if not dataset:
         return (gr.skip(),) * 8
     loaded = data.read_dataset(dataset["path"], fmt or "auto")
-    tokenizer = tokenizer_for(base_model) if loaded.conversations else None
-    cut = int(max_length or 2048)
-    report = named_not_placed(data.report(loaded, tokenizer, cut), dataset)
-    lengths = token_lengths(tokenizer, loaded.conversations) if tokenizer else []
+    tokenizer = tokenizer_for(tokenizers, base_model) if loaded.conversations else None
+    cut = int(max_length or DEFAULT_MAX_LENGTH)
+    lengths = data.token_lengths(tokenizer, loaded.conversations) if tokenizer else []
+    report = named_not_placed(data.report(loaded, tokenizer, cut, lengths), dataset)
     previews = [(c.record, c.messages) for c in loaded.conversations[:PREVIEW_CONVERSATIONS]]
     analysis = {"lengths": lengths, "previews": previews, "conversations": len(loaded.conversations),
                 "dataset": dataset, "report": report}
@@ -254,15 +244,6 @@ def named_not_placed(report: dict, dataset: dict) -> dict:
     path, name = str(dataset["path"]), str(dataset["name"])
     return {**report, "errors": [{**e, "message": e["message"].replace(path, name)} for e in report["errors"]],
             "warnings": [w.replace(path, name) for w in report["warnings"]]}
-
-
-def token_lengths(tokenizer, conversations: list[data.Conversation]) -> list[int]:
-    """Tokens per rendered conversation, as data.token_stats counts them (its list is not exposed)."""
-    lengths: list[int] = []
-    for start in range(0, len(conversations), 256):
-        batch = [data.render_text(tokenizer, c.messages) for c in conversations[start:start + 256]]
-        lengths += [len(ids) for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]]
-    return lengths
 
 
 def summary_text(dataset: dict, report: dict, lengths: list[int], max_length: int) -> str:
@@ -316,7 +297,7 @@ def _nice_width(raw: float) -> int:
 def rebin(analysis: dict | None, max_length: float | None):
     if not analysis or not analysis["lengths"]:
         return gr.skip(), gr.skip()
-    cut = int(max_length or 2048)
+    cut = int(max_length or DEFAULT_MAX_LENGTH)
     return histogram(analysis["lengths"], cut), summary_text(analysis["dataset"], analysis["report"],
                                                              analysis["lengths"], cut)
 
@@ -332,10 +313,10 @@ def split_text(analysis: dict | None, eval_size: float | None) -> str:
 
 
 @shows_errors
-def show_conversation(analysis: dict | None, index: int | None, base_model: str | None):
+def show_conversation(tokenizers: TokenizerCache, analysis: dict | None, index: int | None, base_model: str | None):
     if not analysis or index is None or index >= len(analysis["previews"]):
         return gr.skip(), gr.skip()
-    return conversation_views(analysis["previews"], index, tokenizer_for(base_model))
+    return conversation_views(analysis["previews"], index, tokenizer_for(tokenizers, base_model))
 
 
 def conversation_views(previews: list, index: int, tokenizer) -> tuple[list[dict], str]:
@@ -347,9 +328,9 @@ def conversation_views(previews: list, index: int, tokenizer) -> tuple[list[dict
 # --- API --------------------------------------------------------------------------------------------------------
 
 @shows_errors
-def validate_dataset(file: str | None, request: gr.Request) -> dict:
+def validate_dataset(tokenizers: TokenizerCache, file: str | None, request: gr.Request) -> dict:
     """Check a dataset file: detected format, counts, every problem with its record number, token statistics
-    (tokenizer of the default base model, max length 2048). Raises when nothing in it can be trained on."""
+    (tokenizer of the default base model, max length config.DEFAULT_MAX_LENGTH). Raises when nothing in it can be trained on."""
     if not file:
         raise gr.Error("No file: pass the dataset file (e.g. gradio_client.handle_file('data.jsonl')).")
     refuse_upload_unless_allowed(request, file)
@@ -357,8 +338,8 @@ def validate_dataset(file: str | None, request: gr.Request) -> dict:
     try:
         path = take_upload(file, folder)
         loaded = data.read_dataset(path)
-        report = named_not_placed(data.report(loaded, tokenizer_for(None) if loaded.conversations else None),
-                                  {"path": path, "name": path.name})
+        tokenizer = tokenizer_for(tokenizers, None) if loaded.conversations else None
+        report = named_not_placed(data.report(loaded, tokenizer), {"path": path, "name": path.name})
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # an API caller has no session to keep the file for
     # "file", not "path": the name only (where the server keeps files is its own business), and gradio_client

@@ -26,7 +26,7 @@ import gradio as gr
 from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 
-from .. import limits
+from ..policy import limits
 from ..errors import UserError
 from . import common
 from .visitors import policy, visitor_of

@@ -10,8 +10,14 @@ import gradio as gr
 import pandas as pd
 import yaml
 
-from .. import access, export, jobs, runs, votes
-from ..access import AccessDenied
+from .. import settings
+from ..policy import access
+from ..deploy import export
+from ..runs import lifecycle
+from ..runs import registry
+from ..inference import votes
+from ..policy.access import AccessDenied
+from ..tasks import machine
 from .visitors import policy, require_run, visitor_of
 from .common import download_path, duration, method_name, number, shows_errors, timestamp
 from .downloads import offer
@@ -111,7 +117,7 @@ def wire(tab: RunsTab, tab_item: gr.Tab, demo: gr.Blocks) -> None:
 def refresh(compare: list | None, diff_a: str | None, diff_b: str | None, selected: str | None,
             request: gr.Request):
     visitor, rules = visitor_of(request), policy()
-    infos = [info for info in jobs.list_runs() if rules.owns(visitor, info.id)]
+    infos = [info for info in lifecycle.list_runs() if rules.owns(visitor, info.id)]
     ids = [info.id for info in infos]
     rows = [[info.id, info.status, info.method, info.dataset, info.base_model, timestamp(info.created_at),
              duration(info.elapsed) if info.max_steps else "-", number(info.train_loss), number(info.eval_loss),
@@ -143,8 +149,8 @@ def overlay(run_ids: list | None, request: gr.Request):
 def _curves(run_ids: list[str]) -> pd.DataFrame | None:
     rows = []
     for run_id in run_ids:
-        progress = runs.Progress()
-        for event in runs.MetricsReader(runs.run_dir(run_id) / "metrics.jsonl").update():
+        progress = registry.Progress()
+        for event in registry.MetricsReader(registry.run_dir(run_id) / "metrics.jsonl").update():
             progress.add(event)
         rows += [{"step": s, "loss": v, "curve": f"{run_id} train"} for s, v in progress.train_curve]
         rows += [{"step": s, "loss": v, "curve": f"{run_id} eval"} for s, v in progress.eval_curve]
@@ -165,7 +171,7 @@ def config_diff(run_a: str | None, run_b: str | None, request: gr.Request):
 
 
 def _flat_config(run_id: str) -> dict:
-    values = yaml.safe_load((runs.run_dir(run_id) / "config.yaml").read_text(encoding="utf-8")) or {}
+    values = yaml.safe_load((registry.run_dir(run_id) / "config.yaml").read_text(encoding="utf-8")) or {}
     return {f"{section}.{name}": value for section, fields in values.items() if isinstance(fields, dict)
             for name, value in fields.items()}
 
@@ -178,13 +184,11 @@ def _show(value) -> str:
 
 @shows_errors
 def adapter_zip(run_id: str | None, request: gr.Request):
-    if not run_id:
-        raise gr.Error("Pick a run first.")
     require_run(request, run_id)
-    info = jobs.run_info(run_id)
+    info = lifecycle.run_info(run_id)
     folder = Path(info.path)
     missing = [name for name in ADAPTER_FILES if not (folder / name).is_file()]
-    if missing or info.status not in runs.FINISHED:
+    if missing or info.status not in machine.FINISHED:
         raise gr.Error(f"Run {run_id} has no adapter to download yet ({info.status}"
                        + (f"; missing {', '.join(missing)}" if missing else "") + ").")
     target = download_path(f"phi3lora-{run_id}-adapter.zip")
@@ -195,7 +199,7 @@ def adapter_zip(run_id: str | None, request: gr.Request):
     return offer(target, run_id)
 
 
-def _readme(info: jobs.RunInfo) -> str:
+def _readme(info: lifecycle.RunInfo) -> str:
     base = "path/to/phi3lora/demo_model" if info.base_model == "demo" else info.base_model
     note = (" It was trained on phi3lora's embedded demo model, so load it on that model (phi3lora/demo_model)."
             if info.base_model == "demo" else "")
@@ -215,12 +219,10 @@ model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base}")
 """
 
 
-# --- export of a merged model (phi3lora.export runs it in its own process) ------------------------------------------
+# --- export of a merged model (a background task: phi3lora.deploy.export) -----------------------------------------
 
 @shows_errors
 def start_export(run_id: str | None, request: gr.Request):
-    if not run_id:
-        raise gr.Error("Pick a run first.")
     require_run(request, run_id, "export models")
     number = export.start_export(run_id)
     gr.Info(f"Export {number} of run {run_id} started in the background: merging loads the whole base model, "
@@ -233,7 +235,7 @@ def show_exports(run_id: str | None, request: gr.Request):
         if run_id:
             require_run(request, run_id)
         infos = export.export_status(run_id) if run_id else []
-    except runs.RunNotFound:
+    except registry.RunNotFound:
         infos = []
     lines = []
     for info in infos:
@@ -242,17 +244,15 @@ def show_exports(run_id: str | None, request: gr.Request):
             line += f" ({info['reason']})"
         if info["path"]:
             where = Path(info["path"])  # shown from the data root on: where that is, is the server's business
-            where = where.relative_to(runs.data_root()).as_posix() if where.is_relative_to(runs.data_root()) else where.name
+            where = where.relative_to(settings.data_root()).as_posix() if where.is_relative_to(settings.data_root()) else where.name
             line += f": merged model in `{where}` of the data root (loads with transformers, no peft needed)"
         lines.append(line)
-    running = any(info["status"] == runs.RUNNING for info in infos)
+    running = any(info["status"] in machine.ACTIVE for info in infos)
     return ("**Merged-model exports of this run**\n" + "\n".join(lines) if lines else ""), gr.Timer(active=running)
 
 
 @shows_errors
 def publish(run_id: str | None, request: gr.Request):
-    if not run_id:
-        raise gr.Error("Pick a run first.")
     visitor = require_run(request, run_id, "publish adapters")
     if not policy().is_owner(visitor):
         raise AccessDenied("Only the owner of this Space publishes adapters.")
@@ -262,11 +262,9 @@ def publish(run_id: str | None, request: gr.Request):
 
 @shows_errors
 def ask_delete(run_id: str | None, request: gr.Request):
-    if not run_id:
-        raise gr.Error("Pick a run first.")
     require_run(request, run_id, "delete runs")
-    info = jobs.run_info(run_id)
-    if info.status in (runs.QUEUED, runs.RUNNING):
+    info = lifecycle.run_info(run_id)
+    if info.status in machine.ACTIVE:
         raise gr.Error(f"Run {run_id} is {info.status}: cancel it on the Train tab first.")
     return gr.Row(visible=True), (f"Delete run **{run_id}** ({info.status}, {info.dataset}) with its adapter and "
                                   "checkpoints? This cannot be undone.")
@@ -274,9 +272,7 @@ def ask_delete(run_id: str | None, request: gr.Request):
 
 @shows_errors
 def delete(run_id: str | None, request: gr.Request):
-    if not run_id:
-        raise gr.Error("Pick a run first.")
     require_run(request, run_id, "delete runs")
-    jobs.delete_run(run_id)
+    lifecycle.delete_run(run_id)
     gr.Info(f"Run {run_id} deleted.")
     return gr.Row(visible=False)

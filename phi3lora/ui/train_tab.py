@@ -1,10 +1,7 @@
-"""Train tab: the job form (built from the typed config), its YAML / CLI equivalent, and the live view of a
-run: progress, loss curves, speed, log, cancel and resume. Runs are phi3lora.jobs' background processes, so
-this page can be reloaded, or the app restarted, and it finds the run again."""
+"""Train tab: the job form (built from the typed config), its YAML / CLI equivalent, the API that starts and
+follows runs, and, below the form, the live view of a run (train_progress.py)."""
 from __future__ import annotations
 
-import json
-import re
 import secrets
 import shlex
 import shutil
@@ -13,17 +10,18 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import gradio as gr
-import pandas as pd
 
-from .. import jobs, runs
-from ..config import (PHI3_EMBEDDING_MODULE, PHI3_LINEAR_MODULES, SECTIONS, ConfigError, JobConfig, field_help,
-                      load_yaml, shorten)
-from ..modeling import DEFAULT_GPU_MODEL, DEMO_TRAINING_DEFAULTS, choose_base_model
-from .visitors import policy, require_allowed_base, require_run, require_training, visitor_of
-from .common import bundled_datasets, method_name, duration, is_bundled, number, shows_errors, take_upload, uploads_root
+from ..runs import lifecycle
+from ..config import PHI3_EMBEDDING_MODULE, PHI3_LINEAR_MODULES, ConfigError, JobConfig, field_help, section_fields
+from ..job_builder import (assignments_for, build_job, default_base_model, model_defaults, resolve_job, text_layer,
+                           values_layer)
+from ..modeling import DEFAULT_GPU_MODEL
+from . import train_progress
+from .common import bundled_datasets, is_bundled, shows_errors, take_upload, uploads_root
+from .state import handler, input_set, read
+from .train_progress import ProgressView, RunOnView, tick
+from .visitors import require_allowed_base, require_run, require_training
 
-POLL_SECONDS = 2.0
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # In view; every other model / training_config / peft_config field goes into the Advanced accordion.
 MAIN_FIELDS = ("model.base_model", "training_config.num_train_epochs", "training_config.learning_rate",
                "peft_config.r", "peft_config.lora_alpha", "training_config.max_length")
@@ -31,7 +29,6 @@ FORM_SECTIONS = ("model", "training_config", "peft_config")  # `data` is set on 
 NOT_IN_FORM = ("model.load_in_4bit",)  # the LoRA / QLoRA choice sets it
 TARGET_CHOICES = [*PHI3_LINEAR_MODULES, PHI3_EMBEDDING_MODULE, "lm_head", "all-linear"]
 BASE_MODEL_CHOICES = ["demo", DEFAULT_GPU_MODEL, "microsoft/Phi-3-mini-128k-instruct"]
-ACTIVE, RESUMABLE = (runs.QUEUED, runs.RUNNING), (runs.FAILED, runs.CANCELLED, runs.INTERRUPTED)
 
 
 @dataclass
@@ -42,15 +39,7 @@ class TrainTab:
     yaml_view: gr.Code
     cli_view: gr.Code
     start_button: gr.Button
-    header: gr.Markdown
-    progress: gr.HTML
-    losses: gr.LinePlot
-    figures: gr.Markdown
-    log: gr.Textbox
-    cancel_button: gr.Button
-    resume_button: gr.Button
-    timer: gr.Timer
-    watcher: gr.State  # jobs.RunWatcher of the run on view (per visitor), or None
+    view: ProgressView  # of the run on view
 
     @property
     def base_model(self) -> gr.Component:
@@ -60,37 +49,51 @@ class TrainTab:
     def max_length(self) -> gr.Component:
         return self.fields["training_config.max_length"]
 
-    @property
-    def run_view(self) -> list[gr.Component]:
-        """What tick() fills in, in its order."""
-        return [self.header, self.progress, self.losses, self.figures, self.log, self.cancel_button,
-                self.resume_button, self.timer]
+
+@dataclass
+class TrainForm:
+    """What the form says: the Data tab's dataset settings, the method, and every field's value."""
+    dataset: dict | None  # the Data tab's {"path", "name", "source"}
+    data_format: str
+    drop_invalid: bool
+    eval_size: float | None
+    method: str
+    values: tuple  # the fields' values, in form_keys() order
+
+
+@dataclass
+class TrainFormInputs:
+    """The components TrainForm is read from: the Data tab's, the method and the fields."""
+    dataset: gr.State
+    data_format: gr.Component
+    drop_invalid: gr.Component
+    eval_size: gr.Component
+    method: gr.Component
+    fields: dict[str, gr.Component]  # "section.field" -> its input, in form order
+
+    def by_name(self) -> dict[str, gr.Component | list[gr.Component]]:
+        return {"dataset": self.dataset, "data_format": self.data_format, "drop_invalid": self.drop_invalid,
+                "eval_size": self.eval_size, "method": self.method, "values": list(self.fields.values())}
+
+    def read(self, values: dict) -> TrainForm:
+        """The TrainForm of an event's values (inputs=self.inputs())."""
+        got = read(values, self.by_name())
+        return TrainForm(**{**got, "values": tuple(got["values"])})
+
+    def inputs(self) -> set[gr.Component]:
+        return input_set(self.by_name())
 
 
 # --- the form, from the config's own fields -----------------------------------------------------------------------
 
 def form_keys() -> list[str]:
-    keys = [f"{section}.{name}" for section in FORM_SECTIONS
-            for name in JobConfig.model_fields[section].annotation.model_fields]
+    keys = [f"{section}.{name}" for section in FORM_SECTIONS for name in section_fields(section)]
     return [k for k in keys if k not in NOT_IN_FORM]
 
 
 def field_info(key: str):
     section, name = key.split(".")
-    return JobConfig.model_fields[section].annotation.model_fields[name]
-
-
-def default_base_model() -> str:
-    choice = choose_base_model(None)
-    return "demo" if choice.is_demo else choice.name_or_path
-
-
-def model_defaults(base_model: str | None) -> dict[str, Any]:
-    """The training defaults that differ by base model (the demo model has its own); shown in the form, so
-    what the form says is what runs."""
-    demo = choose_base_model(base_model or None).is_demo
-    return {f"training_config.{k}": (v if demo else field_info(f"training_config.{k}").default)
-            for k, v in DEMO_TRAINING_DEFAULTS.items()}
+    return section_fields(section)[name]
 
 
 def follow_model_defaults(base_model: str | None, *values: Any) -> list[Any]:
@@ -152,38 +155,22 @@ def build() -> TrainTab:
             cli_view = gr.Code(language="shell", label="command line", lines=12, max_lines=30, wrap_lines=True)
     start_button = gr.Button("Start training", variant="primary")
 
-    header = gr.Markdown("No run in progress.")
-    progress = gr.HTML("")
-    with gr.Row(equal_height=False):
-        losses = gr.LinePlot(None, x="step", y="loss", color="split", title="Loss",
-                             color_map={"train": "#3b82f6", "eval": "#f97316"}, height=300, scale=2)
-        with gr.Column(scale=1):
-            figures = gr.Markdown("")
-            with gr.Row():
-                cancel_button = gr.Button("Cancel", variant="stop", interactive=False)
-                resume_button = gr.Button("Resume", interactive=False)
-    log = gr.Textbox(label="Log (tail)", lines=8, max_lines=8, interactive=False, autoscroll=True)
-    return TrainTab(method, fields, preview_button, yaml_view, cli_view, start_button, header, progress, losses,
-                    figures, log, cancel_button, resume_button, gr.Timer(POLL_SECONDS, active=False), gr.State(None))
+    view = train_progress.build()
+    return TrainTab(method, fields, preview_button, yaml_view, cli_view, start_button, view)
 
 
-def wire(tab: TrainTab, dataset: gr.State, data_format, drop_invalid, eval_size) -> None:
+def wire(tab: TrainTab, demo: gr.Blocks, dataset: gr.State, data_format, drop_invalid, eval_size) -> None:
+    """Connect the tab; the dataset settings are the Data tab's."""
     private = {"api_visibility": "private"}
-    form = [dataset, data_format, drop_invalid, eval_size, tab.method, *tab.fields.values()]
-    view = tab.run_view
+    form = TrainFormInputs(dataset, data_format, drop_invalid, eval_size, tab.method, tab.fields)
+    view = tab.view
     model_fields = [tab.fields[k] for k in model_defaults(None)]
     tab.base_model.input(follow_model_defaults, [tab.base_model, *model_fields], model_fields, **private)
-    tab.preview_button.click(preview, form, [tab.yaml_view, tab.cli_view], **private)
-    tab.start_button.click(start, form, [tab.watcher], **private).success(tick, [tab.watcher], view, **private)
-    tab.timer.tick(tick, [tab.watcher], view, show_progress="hidden", **private)
-    tab.cancel_button.click(cancel, [tab.watcher], None, **private).success(tick, [tab.watcher], view, **private)
-    tab.resume_button.click(resume, [tab.watcher], None, **private).success(tick, [tab.watcher], view, **private)
-
-
-def on_load(tab: TrainTab, demo: gr.Blocks) -> None:
-    """Reattach after a reload or a restart: watch the newest queued or running run, curves from its metrics."""
-    demo.load(reattach, None, [tab.watcher], api_visibility="private").success(
-        tick, [tab.watcher], tab.run_view, api_visibility="private")
+    tab.preview_button.click(handler(preview, form=form.read), form.inputs(), [tab.yaml_view, tab.cli_view],
+                             **private)
+    tab.start_button.click(handler(start, form=form.read), form.inputs(), [view.on_view], **private).success(
+        tick, [view.on_view], view.shown, **private)
+    train_progress.wire(view, demo)
 
 
 def add_api() -> None:
@@ -205,156 +192,42 @@ def add_api() -> None:
 
 def form_config(dataset: dict | None, data_format: str, drop_invalid: bool, eval_size: float | None, method: str,
                 values: tuple) -> JobConfig:
-    nested: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
-    for key, value in zip(form_keys(), values):
-        section, name = key.split(".")
-        if isinstance(value, str) and not value.strip():
-            value = None  # an emptied box means "not set" (the base model then follows the machine)
-        nested[section][name] = value
-    nested["model"]["load_in_4bit"] = method == "qlora"
-    nested["data"] = {"path": dataset["path"] if dataset else None, "format": data_format or "auto",
-                      "drop_invalid": bool(drop_invalid), "eval_size": eval_size}
-    return JobConfig.from_dict(nested)
+    """The job the form describes (the Data tab's dataset and split, the Train tab's fields), through build_job."""
+    form: dict[str, Any] = {key: None if isinstance(value, str) and not value.strip() else value  # emptied: not set
+                            for key, value in zip(form_keys(), values)}  # (the base model then follows the machine)
+    form |= {"method": method, "data.path": dataset["path"] if dataset else None, "data.format": data_format or "auto",
+             "data.drop_invalid": bool(drop_invalid), "data.eval_size": eval_size}
+    return build_job(values_layer(form))
 
 
 @shows_errors
-def preview(dataset, data_format, drop_invalid, eval_size, method, *values):
-    config = form_config(dataset, data_format, drop_invalid, eval_size, method, values)
+def preview(form: TrainForm):
+    """The job as it will run (base model and its defaults resolved) as YAML, and as a command line that rebuilds
+    exactly it: --data, --method and --model, then --set for each field the CLI would otherwise resolve differently."""
+    config, _ = resolve_job(form_config(form.dataset, form.data_format, form.drop_invalid, form.eval_size, form.method,
+                                        form.values))
     data_path = config.data.path or "DATA.jsonl"
     output = f"runs/{Path(data_path).stem}-{config.method}"
+    given = {"data.path": data_path, "method": config.method, "model.base_model": config.model.base_model}
     flags = ["python", "-m", "phi3lora", "train", "--data", data_path, "--output", output,
-             "--method", config.method, "--model", config.model.base_model or "demo"]
-    for key in cli_settings(config):
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
-        flags += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+             "--method", config.method, "--model", config.model.base_model]
+    for assignment in assignments_for(config, given):
+        flags += ["--set", assignment]
     command = (f"# save job.yaml (left), then:\npython -m phi3lora train --config job.yaml --output {shlex.quote(output)}"
                f"\n\n# or the same job with flags:\n{shlex.join(flags)}")
     return config.to_yaml(), command
 
 
-def cli_settings(config: JobConfig) -> list[str]:
-    """Fields to pass with --set so the CLI runs exactly this job: those that differ from the defaults, and the
-    demo model's own defaults (the CLI would otherwise fill in its own values for those)."""
-    defaults = JobConfig()
-    keys = []
-    for section in SECTIONS:
-        for name in JobConfig.model_fields[section].annotation.model_fields:
-            key = f"{section}.{name}"
-            if key in ("data.path", "model.base_model", "model.load_in_4bit"):
-                continue  # --data, --model, --method
-            differs = getattr(getattr(config, section), name) != getattr(getattr(defaults, section), name)
-            if differs or key in model_defaults(config.model.base_model):
-                keys.append(key)
-    return keys
-
-
 @shows_errors
-def start(dataset, data_format, drop_invalid, eval_size, method, request: gr.Request, *values):
+def start(form: TrainForm, request: gr.Request):
     visitor = require_training(request)
-    if not dataset:
+    if not form.dataset:
         raise gr.Error("No dataset yet: upload or pick one on the Data tab first.")
-    config = form_config(dataset, data_format, drop_invalid, eval_size, method, values)
+    config = form_config(form.dataset, form.data_format, form.drop_invalid, form.eval_size, form.method, form.values)
     require_allowed_base(config.model.base_model)
-    run_id = jobs.start_run(config, owner=visitor.owner_key)
+    run_id = lifecycle.start_run(config, owner=visitor.owner_key)
     gr.Info(f"Run {run_id} queued; it starts as soon as the GPU is free.")
-    return jobs.RunWatcher(run_id)
-
-
-# --- watching a run -------------------------------------------------------------------------------------------
-
-@shows_errors
-def reattach(request: gr.Request):
-    """The visitor's newest queued or running run (their own; the owner's: any)."""
-    visitor, rules = visitor_of(request), policy()
-    for info in jobs.list_runs():  # newest first
-        if info.status in ACTIVE and rules.owns(visitor, info.id):
-            return jobs.RunWatcher(info.id)
-    return None
-
-
-@shows_errors
-def tick(watcher: jobs.RunWatcher | None):
-    if watcher is None:
-        return ("No run in progress: start one above, or look at earlier runs in the Runs tab.", "",
-                None, "", "", gr.Button(interactive=False), gr.Button(interactive=False),
-                gr.Timer(active=False))
-    try:
-        info = watcher.info()
-    except runs.RunNotFound:
-        return (f"Run {watcher.run_id} no longer exists (deleted).", "", None, "", "",
-                gr.Button(interactive=False), gr.Button(interactive=False), gr.Timer(active=False))
-    progress = watcher.progress
-    points = (len(progress.train_curve), len(progress.eval_curve), progress.step)
-    curves = gr.skip()
-    if getattr(watcher, "shown_points", None) != points:  # send the curves only when they changed
-        watcher.shown_points = points
-        curves = _curves_frame(progress.train_curve, progress.eval_curve)
-    return (_header(info), _progress_bar(info), curves, _figures(info), _plain(jobs.log_tail(info.id, 3000)),
-            gr.Button(interactive=info.status in ACTIVE), gr.Button(interactive=info.status in RESUMABLE),
-            gr.Timer(active=info.status in ACTIVE))
-
-
-def _plain(log: str) -> str:
-    """The log without terminal control sequences (progress bars move the cursor with them)."""
-    return ANSI_ESCAPE.sub("", log)
-
-
-def _curves_frame(train: list, evaluation: list) -> pd.DataFrame | None:
-    rows = [{"step": s, "loss": v, "split": "train"} for s, v in train]
-    rows += [{"step": s, "loss": v, "split": "eval"} for s, v in evaluation]
-    return pd.DataFrame(rows, columns=["step", "loss", "split"]) if rows else None  # None: see data_tab.build
-
-
-def _header(info: jobs.RunInfo) -> str:
-    what = {
-        runs.QUEUED: "waiting in the queue for a free GPU slot",
-        runs.RUNNING: "training",
-        runs.COMPLETED: "completed: the adapter is saved; download it or compare runs in the Runs tab",
-        runs.FAILED: f"failed: {info.reason}",
-        runs.CANCELLED: f"cancelled: {info.reason}",
-        runs.INTERRUPTED: f"interrupted: {info.reason}",
-    }.get(info.status, info.status)
-    if info.status in RESUMABLE:
-        what += " (Resume continues from the newest checkpoint)"
-    return (f"### Run `{info.id}` · {info.status}\n{method_name(info.method)} on **{info.dataset}**, base "
-            f"`{info.base_model}` · {what}")
-
-
-def _progress_bar(info: jobs.RunInfo) -> str:
-    if not info.max_steps:
-        return "<p>Preparing (loading the model and the data)…</p>" if info.status in ACTIVE else ""
-    eta = f" · ETA {duration(info.eta_seconds)}" if info.eta_seconds is not None else ""
-    return (f"<progress value='{info.step}' max='{info.max_steps}' style='width:100%;height:1.1em'></progress>"
-            f"<p>Step {info.step} / {info.max_steps} · epoch {info.epoch:.2f} · elapsed "
-            f"{duration(info.elapsed)}{eta}</p>")
-
-
-def _figures(info: jobs.RunInfo) -> str:
-    memory = f"{info.peak_gpu_memory_gb:.2f} GB" if info.peak_gpu_memory_gb is not None else "- (no GPU)"
-    speed = f"{info.tokens_per_second:,.0f}" if info.tokens_per_second is not None else "-"
-    return ("| figure | latest |\n|---|---|\n"
-            f"| train loss | {number(info.train_loss)} |\n| eval loss | {number(info.eval_loss)} |\n"
-            f"| learning rate | {number(info.learning_rate, 3)} |\n| tokens / s | {speed} |\n"
-            f"| peak GPU memory | {memory} |")
-
-
-@shows_errors
-def cancel(watcher: jobs.RunWatcher | None, request: gr.Request):
-    if watcher is None:
-        raise gr.Error("No run on view to cancel.")
-    require_run(request, watcher.run_id, "cancel runs")
-    jobs.cancel_run(watcher.run_id)
-    gr.Info("Cancel requested: training stops at its next step and keeps the adapter as it stands.")
-
-
-@shows_errors
-def resume(watcher: jobs.RunWatcher | None, request: gr.Request):
-    if watcher is None:
-        raise gr.Error("No run on view to resume.")
-    require_run(request, watcher.run_id, "resume runs")
-    jobs.resume_run(watcher.run_id)
-    gr.Info(f"Run {watcher.run_id} queued again; it continues from its newest checkpoint.")
+    return RunOnView.of(run_id)
 
 
 # --- API ------------------------------------------------------------------------------------------------------
@@ -362,23 +235,10 @@ def resume(watcher: jobs.RunWatcher | None, request: gr.Request):
 def settings_config(text: str | None) -> JobConfig:
     """A job from a YAML or JSON mapping: sections as in config.yaml ({"training_config": {"max_steps": 6}}),
     dotted or bare field names ({"max_steps": 6, "peft_config.r": 8}), and `method: lora|qlora`."""
-    values = load_yaml(text, "settings") if text and text.strip() else {}
-    if not isinstance(values, dict):
-        raise ConfigError("settings must be a mapping, e.g. {\"training_config\": {\"max_steps\": 6}}")
-    assignments = []
-    for key, value in values.items():
-        if key == "method":
-            if value not in ("lora", "qlora"):
-                raise ConfigError(f"method must be lora or qlora (got {shorten(value)})")
-            assignments.append(f"model.load_in_4bit={'true' if value == 'qlora' else 'false'}")
-        elif key in SECTIONS and isinstance(value, dict):
-            assignments += [f"{key}.{name}={json.dumps(v)}" for name, v in value.items()]
-        else:
-            assignments.append(f"{key}={json.dumps(value)}")
-    config = JobConfig().with_overrides(assignments)
+    config = build_job(text_layer(text, "settings"))
     if config.data.path is not None:
         raise ConfigError("give the dataset as dataset_file or dataset, not as data.path in the settings")
-    return config  # jobs.start_run fills in the base model's own defaults
+    return config  # lifecycle.start_run fills in the base model's own defaults
 
 
 @shows_errors
@@ -398,8 +258,8 @@ def start_training(dataset_file: str | None, dataset: str | None, settings: str 
         else:
             raise gr.Error("No dataset: pass dataset_file (an upload) or dataset (one of "
                            f"{', '.join(bundled_datasets()) or 'none here'}).")
-        config = config.with_overrides([f"data.path={json.dumps(str(path))}"])
-        return jobs.start_run(config, owner=visitor.owner_key)  # snapshots the file into the run folder
+        config = build_job(values_layer({"data.path": str(path)}), base=config)
+        return lifecycle.start_run(config, owner=visitor.owner_key)  # snapshots the file into the run folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -416,11 +276,11 @@ def _bundled_path(name: str) -> Path:
 
 @shows_errors
 def run_status(run_id: str, request: gr.Request) -> dict:
-    """Status, progress and latest figures of a run: jobs.RunInfo as a dict, less its server-side "path"
+    """Status, progress and latest figures of a run: lifecycle.RunInfo as a dict, less its server-side "path"
     (gradio_client would take any dict with a "path" string for a file and try to download it)."""
     run_id = (run_id or "").strip()
     require_run(request, run_id)
-    info = jobs.run_info(run_id).to_dict()
+    info = lifecycle.run_info(run_id).to_dict()
     info.pop("path")
     return info
 
@@ -430,4 +290,4 @@ def cancel_training(run_id: str, request: gr.Request) -> str:
     """Ask a queued or running run to stop; returns the status it had."""
     run_id = (run_id or "").strip()
     require_run(request, run_id, "cancel runs")
-    return jobs.cancel_run(run_id)
+    return lifecycle.cancel_run(run_id)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..access import Policy, Visitor
-from ..allowed_models import require_allowed
+from ..policy.access import Policy, Visitor
+from ..policy.allowed_models import require_allowed
 
 
 def policy() -> Policy:
@@ -39,14 +39,17 @@ def require_training(request: gr.Request | None, action: str = "train") -> Visit
     return visitor
 
 
-def require_run(request: gr.Request | None, run_id: str, action: str = "see") -> Visitor:
+def require_run(request: gr.Request | None, run_id: str | None, action: str = "see") -> Visitor:
+    """The visitor, once they may `action` the run; a page event with no run picked gets "Pick a run first."."""
+    if not run_id:
+        raise gr.Error("Pick a run first.")
     visitor = visitor_of(request)
     policy().require_run(visitor, run_id, action)
     return visitor
 
 
 def require_allowed_base(base_model: str | None, what: str = "model.base_model") -> None:
-    """On a shared server (sign-in required) only the operator's base models load (allowed_models.py); locally
+    """On a shared server (sign-in required) only the operator's base models load (policy/allowed_models.py); locally
     the owner may name any model or folder. Empty means the default, which is always allowed."""
     if base_model and policy().login_required:
         require_allowed(base_model, what)

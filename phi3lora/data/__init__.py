@@ -1,0 +1,32 @@
+"""The data layer: chat-instruction datasets from a file or a Hugging Face hub dataset to checked Phi-3 chat
+conversations. It owns reading files into rows (files.py), the four formats and their detection (formats.py),
+normalising a record to chat messages (normalise.py) and checking its turns (turns.py), with the wording of every
+problem (wording.py), the whole read (reader.py: read_dataset), what callers do with the result (using.py: usable
+conversations, chat-template text, token counts, the train/eval split, the report), copying a hub dataset into a
+local file (hub.py), and the types they share (dataset.py). Of phi3lora it may import only settings, errors, config and
+limits; the CLI, the trainer, the jobs and the app import it, never the other way round. It never imports torch
+or transformers (a tokenizer comes from the caller), nor gradio; pyarrow, datasets and huggingface_hub are imported
+inside the functions that need them, so `from phi3lora import data` stays cheap.
+"""
+from . import hub
+from .dataset import Conversation, DatasetError, LoadedDataset, Problem, TokenStats
+from .files import SUPPORTED_EXTENSIONS
+from .formats import FORMATS
+from .normalise import FUNCTION_CALL, FUNCTION_RESULT, TOOLS_HEADER
+from .reader import read_dataset
+from .using import (
+    render_text,
+    report,
+    split_train_eval,
+    to_hf_dataset,
+    token_lengths,
+    token_stats,
+    usable_conversations,
+)
+
+__all__ = [
+    "FORMATS", "FUNCTION_CALL", "FUNCTION_RESULT", "SUPPORTED_EXTENSIONS", "TOOLS_HEADER",
+    "Conversation", "DatasetError", "LoadedDataset", "Problem", "TokenStats",
+    "hub", "read_dataset", "render_text", "report", "split_train_eval", "to_hf_dataset", "token_lengths",
+    "token_stats", "usable_conversations",
+]

@@ -1,0 +1,5 @@
+"""Taking an adapter where Phi-3 runs: a merged standalone model (export, a background task) and a Hugging Face Space
+built and pushed from this project (space).
+
+It may import phi3lora's foundation, phi3lora.inference (adapter loading), phi3lora.runs and phi3lora.tasks.
+"""

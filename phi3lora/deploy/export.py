@@ -1,0 +1,200 @@
+"""Merge a LoRA adapter into its base model and save the result as a standalone model (no peft needed to load it).
+
+Two ways in:
+    merge_and_save(adapter_dir, out_dir)   in the foreground (`python -m phi3lora export --adapter DIR --output DIR`);
+    start_export(run_id)                   in the background, for the app: a merge needs a whole copy of the base in
+                                           memory for minutes, so it runs in its own process, never in the web process.
+
+A background export of a run is a task (tasks/machine.py) in the run folder, one folder per export, holding the
+task's records (queued.json ... exit.json, export.log) and its result:
+
+    <run>/exports/<n>/
+        model/           the merged model: config, model.safetensors, tokenizer, generation config, README.md
+
+This module imports no torch at import time, so the CLI's parser and the app's status polling stay cheap.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..runs import registry
+from ..errors import UserError
+from ..tasks import machine
+from ..tasks.machine import ACTIVE, COMPLETED
+from ..tasks.kinds import KINDS
+from ..tasks.records import is_recent, read_record
+
+
+class ExportError(UserError, ValueError):
+    """An export cannot be done (no adapter yet, the run still training, the output folder not empty, ...)."""
+
+
+# --- the merge itself ---------------------------------------------------------------------------------------
+
+def merge_and_save(adapter_dir: str | Path, out_dir: str | Path, log: Callable[[str], Any] = print,
+                   dtype: str | None = None) -> Path:
+    """Load the base the adapter was trained on, merge the LoRA weights into it, and save a plain transformers model
+    (safetensors weights, tokenizer, generation config, README.md) into `out_dir`. Returns `out_dir`.
+
+    `dtype` (auto, bfloat16, float16, float32) overrides the precision the run used: by default the merged model is
+    saved in the precision the base loads in for that run (bf16 or fp16 on a GPU, fp32 on a CPU)."""
+    from peft import PeftModel
+
+    from ..inference.adapters import AdapterError, adapter_settings
+    from ..modeling import choose_base_model, load_base_model, load_tokenizer, resolve_dtype, stop_token_ids
+
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    base_name, settings = adapter_settings(adapter_dir, check_base=False)  # a run's, or a folder its operator named
+    if not (adapter_dir / "adapter_model.safetensors").is_file():
+        raise AdapterError(f"{adapter_dir.name} holds no adapter weights (adapter_model.safetensors is missing): "
+                           "has its training finished?")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ExportError(f"{out_dir} already exists and is not empty: choose a new output folder")
+
+    # A QLoRA adapter was trained against a 4-bit NF4 base, but merging into 4-bit weights would round the LoRA
+    # update away (and peft cannot save a merged 4-bit model as a plain one). So the base is reloaded in its normal
+    # precision, never 4-bit, and the adapter merged into that: the usual way to export a QLoRA run.
+    method = "qlora" if settings.load_in_4bit else "lora"
+    settings = settings.model_copy(update={"load_in_4bit": False, **({"dtype": dtype} if dtype else {})})
+    base = choose_base_model(base_name)
+    precision = str(resolve_dtype(settings.dtype)).removeprefix("torch.")
+    log(f"base model: {base}; loading it in {precision}"
+        + (" (a QLoRA adapter merges into the full-precision base, not the 4-bit one)" if method == "qlora" else ""))
+    tokenizer = load_tokenizer(base.name_or_path, settings.trust_remote_code)
+    model = load_base_model(settings, base.name_or_path)
+
+    log(f"merging the adapter in {adapter_dir}")
+    model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    model.eval()
+    model.config.use_cache = True  # training may have turned the cache off (gradient checkpointing)
+    # plain `generate` on the merged model stops at the end of the assistant's turn, as phi3lora's own generation does
+    stops = model.generation_config.eos_token_id
+    stops = [stops] if isinstance(stops, int) else list(stops or [])
+    model.generation_config.eos_token_id = list(dict.fromkeys(stops + stop_token_ids(tokenizer)))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log(f"saving the merged model to {out_dir}")
+    model.save_pretrained(str(out_dir))  # safetensors (transformers never writes pickles unless asked)
+    tokenizer.save_pretrained(str(out_dir))
+    (out_dir / "README.md").write_text(_readme(base, adapter_dir, method, precision, out_dir), encoding="utf-8")
+    log(f"done: {out_dir} loads with transformers' AutoModelForCausalLM.from_pretrained, no peft needed")
+    return out_dir
+
+
+def _readme(base, adapter_dir: Path, method: str, precision: str, out_dir: Path) -> str:
+    run = read_record(adapter_dir / "run.json") or {}
+    base_name = "the phi3lora demo model (a tiny Phi-3, phi3lora/demo_model)" if base.is_demo else base.name_or_path
+    trained = f"phi3lora run {run['id']} ({adapter_dir})" if run.get("id") else str(adapter_dir)
+    return f"""# Merged model: {base_name} + LoRA adapter
+
+This folder is a complete model: the base model with the LoRA adapter's low-rank updates merged into its weights
+(peft `merge_and_unload`). It loads with plain transformers, without peft:
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("{out_dir}")
+tokenizer = AutoTokenizer.from_pretrained("{out_dir}")
+```
+
+- base model: {base_name}
+- adapter: {trained}, trained with {"QLoRA" if method == "qlora" else "LoRA"}
+- precision: {precision}{" (a QLoRA adapter is merged into the full-precision base, not the 4-bit one)" if method == "qlora" else ""}
+- merged: {time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())} by phi3lora
+
+The base model's license applies to this model.
+"""
+
+
+# --- background exports of a run ------------------------------------------------------------------------------
+
+def exports_dir(run_id: str) -> Path:
+    return registry.run_dir(run_id) / "exports"  # run_dir validates the id (no path gets in) and that the run exists
+
+
+def start_export(run_id: str, dtype: str | None = None) -> str:
+    """Start merging a run's adapter into its base in a separate process; returns the export's number (a string).
+    Refused while the run has no finished adapter, and while another export of the run is still going."""
+    path = registry.run_dir(run_id)
+    _check_exportable(run_id, path)
+    for other in export_status(run_id):
+        if other["status"] in ACTIVE:
+            raise ExportError(f"run {run_id} is already being exported (export {other['export']}): "
+                              "wait for it to finish")
+    folder = _new_export_folder(path / "exports")
+    machine.submit(folder, "export", run=run_id, dtype=dtype)
+    return folder.name
+
+
+def _check_exportable(run_id: str, path: Path) -> None:
+    if problem := registry.adapter_problem(run_id, path, "export", "export its adapter"):
+        raise ExportError(problem)
+
+
+def _new_export_folder(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    number = max((int(p.name) for p in root.iterdir() if p.name.isdigit()), default=0) + 1
+    while True:
+        try:
+            (root / str(number)).mkdir()  # mkdir either creates or fails: two callers never get the same folder
+            return root / str(number)
+        except FileExistsError:
+            number += 1
+
+
+def export_info(run_id: str, number: str | int) -> dict[str, Any]:
+    """One export's state: {export, status, reason, path, requested_at, finished_at, log}, from its task records.
+    status: a task status (queued, running, completed, failed, cancelled, interrupted)."""
+    if not str(number).isdigit():
+        raise ExportError(f"{number!r} is not an export number (they count 1, 2, 3, ...)")
+    folder = exports_dir(run_id) / str(int(number))
+    state = machine.state(folder)
+    if state is None and not folder.is_dir():
+        raise ExportError(f"run {run_id} has no export {number}")
+    state = state or _without_a_task(folder)
+    final = read_record(folder / "exit.json") or read_record(folder / "done.json") or {}
+    return {
+        "export": folder.name, "status": state.status, "reason": state.reason,
+        "path": str(folder / "model") if state.status == COMPLETED else None,
+        "requested_at": (read_record(folder / "queued.json") or {}).get("queued_at"),
+        "finished_at": final.get("finished_at"), "log": str(folder / "export.log"),
+    }
+
+
+def _without_a_task(folder: Path) -> machine.TaskState:
+    """An export folder that holds no task records: one being created this very moment (queued), one written before
+    exports were tasks (its done.json says how it ended), or one whose request was never written (interrupted)."""
+    legacy = read_record(folder / "done.json")
+    if legacy:
+        return machine.TaskState(legacy["status"], legacy.get("reason"))
+    if is_recent(folder, machine.STARTING_GRACE_SECONDS):
+        return machine.TaskState(machine.QUEUED)
+    return machine.TaskState(machine.INTERRUPTED, "it was never started (the app stopped while creating it): "
+                                                  f"{KINDS['export'].retry}")
+
+
+def export_status(run_id: str) -> list[dict[str, Any]]:
+    """Every export of a run, oldest first (see export_info)."""
+    root = exports_dir(run_id)
+    numbers = sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.is_dir() else []
+    return [export_info(run_id, n) for n in numbers]
+
+
+def wait_for_export(run_id: str, number: str | int, timeout: float | None = None) -> dict[str, Any]:
+    """Block until the export has finished (or the timeout passes); returns its latest state either way."""
+    export_info(run_id, number)  # checks the number
+    machine.wait(exports_dir(run_id) / str(int(number)), timeout)
+    return export_info(run_id, number)
+
+
+def run_task(folder: Path, request: dict[str, Any]) -> None:
+    """The body of an export task (tasks/kinds.py "export"): merge; a half-written model is removed on failure."""
+    model_dir = folder / "model"
+    try:
+        merge_and_save(registry.run_dir(request["run"]), model_dir, dtype=request.get("dtype"))
+    except BaseException:
+        shutil.rmtree(model_dir, ignore_errors=True)  # a half-written model is worse than none (and large)
+        raise

@@ -1,0 +1,121 @@
+"""Blind A/B votes, stored with the runs they judge, and each run's win rate.
+
+A vote compares two contenders (the plain base, or the adapter of a run) on one prompt. It is written once, as
+its own small record, into the folder of every run that took part (`runs/<id>/votes/<vote id>.json`), so a
+run carries its votes with it and no two writers ever touch the same file (safe on network mounts too).
+
+Outcomes, from the voter's side: "A", "B", "tie", "both_bad". From a run's side: win, loss, tie or both_bad.
+Win rate = (wins + ties / 2) / votes: a tie is half a win, "both bad" counts as a vote not won.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+from ..runs import registry
+from ..errors import UserError
+from ..tasks import records
+
+BASE_CONTENDER = "base"
+MAX_PENDING_PAIRS = 10_000  # generated pairs awaiting their vote; the oldest are forgotten first
+OUTCOMES = ("A", "B", "tie", "both_bad")
+Outcome = Literal["A", "B", "tie", "both_bad"]
+
+
+class VoteError(UserError, ValueError):
+    """A vote that cannot be recorded: an unknown outcome, or the same contender on both sides."""
+
+
+@dataclass(frozen=True)
+class WinRate:
+    wins: int = 0
+    losses: int = 0
+    ties: int = 0
+    both_bad: int = 0
+
+    @property
+    def votes(self) -> int:
+        return self.wins + self.losses + self.ties + self.both_bad
+
+    @property
+    def rate(self) -> float | None:
+        return (self.wins + self.ties / 2) / self.votes if self.votes else None
+
+    def describe(self) -> str:
+        if not self.votes:
+            return "no votes yet"
+        return (f"win rate {self.rate:.0%} over {self.votes} vote{'s' if self.votes != 1 else ''} "
+                f"({self.wins} won, {self.losses} lost, {self.ties} tied, {self.both_bad} both bad)")
+
+
+def _result_for(side: str, outcome: str) -> str:
+    """What a vote means for the contender shown as `side` ("A" or "B")."""
+    if outcome in ("tie", "both_bad"):
+        return outcome
+    return "win" if outcome == side else "loss"
+
+
+def record_vote(a: str, b: str, outcome: Outcome, prompt: str = "") -> list[str]:
+    """Store a vote between contenders `a` and `b` (run ids, or BASE_CONTENDER) with every run among them.
+
+    Returns the ids of the runs the vote was stored with (none when both sides are the base)."""
+    if outcome not in OUTCOMES:
+        raise VoteError(f"unknown vote {outcome!r}: expected one of {', '.join(OUTCOMES)}")
+    if a == b:
+        raise VoteError(f"a blind vote needs two different contenders, got {a!r} twice")
+    vote_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    stored = []
+    for side, contender, opponent in (("A", a, b), ("B", b, a)):
+        if contender == BASE_CONTENDER:
+            continue
+        folder = registry.run_dir(contender)  # validates the id: no path leaves the registry
+        records.write_record(folder / "votes" / f"{vote_id}.json", {
+            "result": _result_for(side, outcome), "shown_as": side, "opponent": opponent,
+            "prompt": prompt[:2000], "time": time.time(),
+        })
+        stored.append(contender)
+    return stored
+
+
+def win_rate(run_id: str) -> WinRate:
+    """The tally of every vote stored with a run."""
+    counts = {"win": 0, "loss": 0, "tie": 0, "both_bad": 0}
+    for path in sorted((registry.run_dir(run_id) / "votes").glob("*.json")):
+        record = records.read_record(path)
+        if record and record.get("result") in counts:
+            counts[record["result"]] += 1
+    return WinRate(counts["win"], counts["loss"], counts["tie"], counts["both_bad"])
+
+
+# --- one vote per generated pair ---------------------------------------------------------------------------------
+# A pair of answers is generated, then voted on once. The page keeps only the pair's id; the vote consumes it under
+# a lock, so a vote sent twice (or twenty times at once) counts once.
+
+_pending: dict[str, tuple[str, str, str]] = {}  # pair id -> (contender A, contender B, prompt)
+_pending_lock = threading.Lock()
+
+
+def new_pair(a: str, b: str, prompt: str) -> str:
+    """Register a generated pair (contenders as record_vote takes them; "" for one with no run to store votes
+    with) and return the id its single vote must quote."""
+    pair_id = uuid.uuid4().hex
+    with _pending_lock:
+        _pending[pair_id] = (a, b, prompt)
+        while len(_pending) > MAX_PENDING_PAIRS:
+            _pending.pop(next(iter(_pending)))
+    return pair_id
+
+
+def record_pair_vote(pair_id: str, outcome: Outcome) -> list[str]:
+    """The one vote on a generated pair; returns the runs it was stored with (none when a side has no run)."""
+    if outcome not in OUTCOMES:
+        raise VoteError(f"unknown vote {outcome!r}: expected one of {', '.join(OUTCOMES)}")
+    with _pending_lock:
+        pair = _pending.pop(pair_id, None)
+    if pair is None:
+        raise VoteError("this pair of answers has already been voted on: generate a new pair to vote again")
+    a, b, prompt = pair
+    return record_vote(a, b, outcome, prompt) if a and b else []

@@ -1,0 +1,271 @@
+"""Fine-tune Phi-3 with LoRA or QLoRA: read the job top to bottom in `train()`.
+
+The run folder it fills:
+    config.yaml                  the resolved job; `python -m phi3lora train --config config.yaml` reruns it
+    metrics.jsonl                one JSON object per log event (train loss, eval loss, learning rate, ...)
+    checkpoints/checkpoint-N/    LoRA weights + optimizer state, written during training
+    adapter_config.json          the final adapter, in the standard PEFT layout,
+    adapter_model.safetensors    holding only the LoRA weights
+    summary.json                 what was trained, on what, and how it ended
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import time
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import safetensors
+import torch
+from peft import LoraConfig
+from safetensors import safe_open
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import SFTConfig, SFTTrainer
+from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+from .. import data
+from .callbacks import MetricsFile
+from ..config import ConfigError, JobConfig
+from ..job_builder import resolve_job, write_job_file
+from ..modeling import choose_base_model, load_base_model, load_tokenizer, resolve_dtype, stop_token_ids
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    base_model: str
+    method: str
+    train_conversations: int
+    eval_conversations: int
+    trainable_parameters: int
+    total_parameters: int
+    global_step: int
+    max_steps: int
+    train_loss: float | None
+    eval_loss: float | None
+    seconds: float
+
+
+def lora_config(config: JobConfig) -> LoraConfig:
+    p = config.peft_config
+    targets = "all-linear" if p.target_modules == ["all-linear"] else list(p.target_modules)
+    return LoraConfig(
+        r=p.r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout, target_modules=targets,
+        bias=p.bias, use_rslora=p.use_rslora, task_type="CAUSAL_LM",
+    )
+
+
+def sft_config(config: JobConfig, output_dir: Path, has_eval: bool) -> SFTConfig:
+    t = config.training_config
+    dtype = str(resolve_dtype(config.model.dtype)).removeprefix("torch.")
+    return SFTConfig(
+        output_dir=str(output_dir / "checkpoints"),
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        max_length=t.max_length,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optim,
+        use_liger_kernel=t.use_liger_kernel,
+        assistant_only_loss=t.assistant_only_loss,
+        # Packing is padding-free (trl's best-fit-decreasing packing, position ids restarting per conversation:
+        # transformers masks attention to each conversation from them); grouping by length is for padded batches.
+        packing=t.packing,
+        packing_strategy="bfd",
+        train_sampling_strategy="group_by_length" if t.group_by_length and not t.packing else "random",
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        dataloader_pin_memory=torch.cuda.is_available(),
+        logging_steps=t.logging_steps,
+        eval_strategy=t.eval_strategy if has_eval else "no",
+        eval_steps=t.eval_steps,
+        save_strategy=t.save_strategy,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        bf16=dtype == "bfloat16",  # trl turns bf16 on by default; on a CPU that is ~35x slower than fp32
+        fp16=dtype == "float16",
+        report_to="none",
+        dataset_num_proc=None,
+    )
+
+
+@dataclass
+class PreparedJob:
+    config: JobConfig  # resolved: base model and model-specific defaults filled in
+    trainer: SFTTrainer
+    train_conversations: int
+    eval_conversations: int
+
+
+def prepare(config: JobConfig, output_dir: Path, log=print, callbacks: list[TrainerCallback] = ()) -> PreparedJob:
+    """Check the data, load the base, and set up the trainer; writes config.yaml unless it already holds this
+    job (a run's, written when it was queued). Nothing trains yet."""
+    config, note = resolve_job(config)
+    log(f"{config.method}: {note}")
+    if config.training_config.use_liger_kernel:
+        _check_liger_can_run()
+
+    # 1. Data: every record checked before any model loads.
+    dataset = data.read_dataset(config.data.path, config.data.format)
+    conversations = data.usable_conversations(dataset, drop_invalid=config.data.drop_invalid)
+    train_split, eval_split = data.split_train_eval(conversations, config.data.eval_size, config.training_config.seed)
+    dropped = dataset.records - len(conversations)
+    log(f"data: {dataset.format}, {len(train_split)} train / {len(eval_split)} eval conversations"
+        + (f" ({dropped} invalid records dropped)" if dropped else ""))
+
+    # 2. Base model and tokenizer.
+    base_path = choose_base_model(config.model.base_model).name_or_path
+    tokenizer = load_tokenizer(base_path, config.model.trust_remote_code)
+    stats = data.token_stats(tokenizer, conversations, config.training_config.max_length)
+    if stats.over_max_length:
+        shown = ", ".join(map(str, stats.over_max_length[:10])) + (" ..." if len(stats.over_max_length) > 10 else "")
+        log(f"note: {len(stats.over_max_length)} conversations exceed max_length {stats.max_length} tokens "
+            f"and will be truncated (records {shown})")
+    model = load_base_model(config.model, base_path)
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+    if config.training_config.assistant_only_loss:
+        _check_template_marks_assistant_turns(tokenizer, base_path)
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_job_file(config, output_dir)
+
+    # 3. LoRA on top of the frozen base; trl's SFTTrainer wraps it with peft and renders the chat template
+    #    (with assistant_only_loss it swaps in its Phi-3 training template, which marks the assistant turns).
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(config, output_dir, has_eval=bool(eval_split)),
+        train_dataset=data.to_hf_dataset(train_split),
+        eval_dataset=data.to_hf_dataset(eval_split) if eval_split else None,
+        processing_class=tokenizer,
+        peft_config=lora_config(config),
+        callbacks=[MetricsFile(output_dir / "metrics.jsonl"), *callbacks],
+    )
+    return PreparedJob(config, trainer, len(train_split), len(eval_split))
+
+
+def train(config: JobConfig, output_dir: str | Path, log=print, callbacks: list[TrainerCallback] = (),
+          resume: bool = False) -> TrainResult:
+    """Train and save the adapter. With `resume`, continue from the newest whole checkpoint (step count,
+    optimizer, scheduler and data order included). A callback that stops training early still gets the adapter saved."""
+    started = time.time()
+    output_dir = Path(output_dir)
+    job = prepare(config, output_dir, log, callbacks)
+    trainer = job.trainer
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    log(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%), LoRA only")
+    checkpoint = latest_valid_checkpoint(output_dir / "checkpoints", log) if resume else None
+    if resume:
+        log(f"resuming from {checkpoint.name}" if checkpoint else "no whole checkpoint to resume from: starting over")
+        remove_checkpoints_after(checkpoint, output_dir / "checkpoints", log)
+
+    # 4. Train, then save only the adapter (PEFT's save_pretrained writes just the LoRA weights).
+    outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    trainer.model.config.use_cache = True  # gradient checkpointing turned the cache off; generation wants it back
+    trainer.save_model(str(output_dir))
+
+    result = TrainResult(
+        output_dir=str(output_dir), base_model=job.config.model.base_model, method=job.config.method,
+        train_conversations=job.train_conversations, eval_conversations=job.eval_conversations,
+        trainable_parameters=trainable, total_parameters=total, global_step=trainer.state.global_step,
+        max_steps=trainer.state.max_steps, train_loss=outcome.training_loss,
+        eval_loss=_final_eval_loss(trainer) if job.eval_conversations else None,
+        seconds=round(time.time() - started, 1),
+    )
+    (output_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
+    return result
+
+
+def _check_template_marks_assistant_turns(tokenizer, base_path: str) -> None:
+    """Assistant-only loss needs a template with {% generation %} marks; trl knows Phi-3's, not arbitrary ones."""
+    if has_generation_markers(tokenizer.chat_template or ""):
+        return
+    try:
+        get_training_chat_template(tokenizer)
+    except ValueError:
+        raise ConfigError(
+            f"training_config.assistant_only_loss: the chat template of {base_path} is not one trl can mark "
+            "assistant turns in; set training_config.assistant_only_loss=false to learn from whole conversations"
+        ) from None
+
+
+def _check_liger_can_run() -> None:
+    if not torch.cuda.is_available():
+        raise ConfigError("training_config.use_liger_kernel: Liger's kernels run on a CUDA GPU only; set it to false here")
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError("training_config.use_liger_kernel: the liger-kernel package is not installed: "
+                          "pip install liger-kernel, or set it to false")
+
+
+CHECKPOINT_FILES = ("adapter_model.safetensors", "adapter_config.json", "trainer_state.json", "optimizer.pt", "scheduler.pt")
+
+
+def latest_valid_checkpoint(folder: Path, log=print) -> Path | None:
+    """The newest checkpoint that is whole. Trainer writes checkpoint-N in place, so a kill mid-save leaves a
+    folder that looks like the newest; transformers' get_last_checkpoint would pick it. We check each file."""
+    candidates = sorted(folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=checkpoint_step, reverse=True)
+    for candidate in candidates:
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            return candidate
+        log(f"skipping {candidate.name}: {problem}")
+    return None
+
+
+def remove_checkpoints_after(checkpoint: Path | None, folder: Path, log=print) -> None:
+    """Delete the checkpoints newer than the one resumed from (all cut short, or it would have been picked): left
+    in place, they count as the newest when Trainer rotates checkpoints (save_total_limit) and push whole ones out."""
+    resumed = checkpoint_step(checkpoint) if checkpoint else -1
+    for stale in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        if checkpoint_step(stale) > resumed:
+            shutil.rmtree(stale)
+            log(f"removed {stale.name}: it was cut short")
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from, or None when it is whole."""
+    for name in CHECKPOINT_FILES:
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+    try:
+        with safe_open(folder / "adapter_model.safetensors", "pt") as weights:
+            for key in weights.keys():
+                weights.get_tensor(key)
+        state = json.loads((folder / "trainer_state.json").read_text())
+        for name in ("optimizer.pt", "scheduler.pt"):
+            with zipfile.ZipFile(folder / name) as archive:  # torch.save writes a zip: its CRCs catch truncation
+                if archive.testzip() is not None:
+                    return f"{name} is corrupt"
+    except (OSError, ValueError, zipfile.BadZipFile, safetensors.SafetensorError) as error:
+        return f"unreadable ({type(error).__name__}: {error})"
+    if state.get("global_step") != checkpoint_step(folder):
+        return "trainer_state.json does not match the folder's step"
+    return None
+
+
+def checkpoint_step(folder: Path) -> int:
+    """N of checkpoint-N; -1 for a folder not named so."""
+    try:
+        return int(folder.name.rsplit("-", 1)[-1])
+    except ValueError:
+        return -1
+
+
+def _final_eval_loss(trainer: SFTTrainer) -> float:
+    """The eval loss at the last step: from the log when the trainer just evaluated, else evaluate now."""
+    evals = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    if evals and evals[-1]["step"] == trainer.state.global_step:
+        return evals[-1]["eval_loss"]
+    return trainer.evaluate()["eval_loss"]

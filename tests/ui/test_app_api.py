@@ -1,0 +1,110 @@
+"""The web app as a program would use it: the real server (python app.py) driven through gradio_client.
+
+One server for the whole file (starting it costs seconds on two cores), with a small upload limit so the
+over-limit case needs no large file: identity.json (20 KB) fits, alpaca_en_demo.json (860 KB) does not.
+"""
+import json
+
+import httpx
+import pytest
+
+from conftest import REPO
+from app_server import app_server, wait_for_run
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+BAD_DATA = REPO / "tests" / "data" / "bad"
+UPLOAD_LIMIT_MB = "0.25"
+TINY_RUN = {"model": {"base_model": "demo"}, "data": {"eval_size": 0},
+            "training_config": {"max_steps": 4, "per_device_train_batch_size": 2, "max_length": 128,
+                                "logging_steps": 1, "eval_strategy": "no", "save_strategy": "no"}}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with app_server(tmp_path_factory.mktemp("app"), PHI3LORA_MAX_UPLOAD_MB=UPLOAD_LIMIT_MB) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server.url, verbose=False)
+
+
+def test_api_lists_the_stable_endpoints(client):
+    endpoints = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert endpoints == {"/validate_dataset", "/start_training", "/run_status", "/cancel_training", "/compare"}, \
+        f"UI events leak into the API: {sorted(endpoints)}"
+
+
+def test_validate_dataset_reports_format_and_counts(client, datasets_dir):
+    report = client.predict(handle_file(datasets_dir / "identity.json"), api_name="/validate_dataset")
+    assert report["format"] == "alpaca"
+    assert report["records"] == report["conversations"] == 91
+    assert report["ok"] and report["errors"] == []
+    assert report["tokens"]["count"] == 91
+    assert report["file"] == "identity.json" and "path" not in report  # the server's private path stays private
+
+
+def test_broken_file_error_reaches_client_and_server_stays_up(client, server, datasets_dir):
+    with pytest.raises(AppError, match=r"binary\.json.*no usable conversations"):
+        client.predict(handle_file(BAD_DATA / "binary.json"), api_name="/validate_dataset")
+    assert server.alive()
+    assert client.predict(handle_file(datasets_dir / "identity.json"), api_name="/validate_dataset")["ok"]
+
+
+def test_uploaded_file_cannot_be_fetched_from_the_cache_afterwards(server, datasets_dir):
+    api = server.url + "/gradio_api"
+    with open(datasets_dir / "identity.json", "rb") as f:
+        cached = httpx.post(f"{api}/upload", files={"files": ("identity.json", f)}).json()[0]
+    assert httpx.get(f"{api}/file={cached}").status_code == 200  # what anyone with the URL could do ...
+
+    event = httpx.post(f"{api}/call/validate_dataset",
+                       json={"data": [{"path": cached, "meta": {"_type": "gradio.FileData"}}]}).json()["event_id"]
+    stream = httpx.get(f"{api}/call/validate_dataset/{event}", timeout=60).text
+    assert "event: complete" in stream, stream
+
+    assert httpx.get(f"{api}/file={cached}").status_code in (403, 404)  # ... until the app took the file
+    assert not list(server.gradio_cache.rglob("identity.json"))
+    assert not any((server.home / "uploads").glob("api-*")), "API uploads are removed once used"
+
+
+def test_over_limit_upload_is_refused_naming_the_limit(client, server, datasets_dir):
+    big = datasets_dir / "alpaca_en_demo.json"
+    with open(big, "rb") as f:  # the server refuses it while it streams in
+        response = httpx.post(server.url + "/gradio_api/upload", files={"files": (big.name, f)})
+    limit = int(float(UPLOAD_LIMIT_MB) * 1024 * 1024)
+    assert response.status_code == 413
+    assert f"maximum allowed size of {limit} bytes" in response.text
+    with pytest.raises(ValueError, match=f"maximum file size of {limit} bytes"):  # and the client knows it too
+        client.predict(handle_file(big), api_name="/validate_dataset")
+    assert not list(server.gradio_cache.rglob(big.name))
+    assert server.alive()
+
+
+def test_bad_settings_name_the_field(client):
+    with pytest.raises(AppError, match=r"training_config\.learning_rate: Input should be greater than 0"):
+        client.predict(None, "identity.json", json.dumps({"learning_rate": -1}), api_name="/start_training")
+    with pytest.raises(AppError, match="not a dataset that ships with the app"):
+        client.predict(None, "/etc/passwd", "", api_name="/start_training")
+    with pytest.raises(AppError, match="not a run id"):
+        client.predict("../../etc", api_name="/run_status")
+
+
+def test_train_to_completion_and_cancel_another(client, datasets_dir):
+    tiny = client.predict(handle_file(datasets_dir / "identity.json"), None, json.dumps(TINY_RUN),
+                          api_name="/start_training")
+    # A second, long run waits in the queue behind the first (one run at a time): cancel it there.
+    long = client.predict(None, "identity.json", "training_config: {num_train_epochs: 100}\nmodel: {base_model: demo}",
+                          api_name="/start_training")
+    assert client.predict(long, api_name="/cancel_training") in ("queued", "running")
+    assert wait_for_run(client, long, timeout=30)["status"] == "cancelled"
+    with pytest.raises(AppError, match="only a queued or running run can be cancelled"):
+        client.predict(long, api_name="/cancel_training")
+
+    info = wait_for_run(client, tiny, timeout=150)
+    assert info["status"] == "completed", info
+    assert info["step"] == info["max_steps"] == 4
+    assert info["train_loss"] is not None and info["adapter"]
+    assert info["base_model"] == "demo" and info["dataset"] == "identity.json"
+
