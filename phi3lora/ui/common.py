@@ -13,6 +13,7 @@ import stat
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import anyio
 import gradio as gr
@@ -245,11 +246,15 @@ def hub_reachable(timeout: float = 3.0) -> str | None:
     """None when the Hugging Face hub can be reached, else why not (one sentence)."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return "this server runs offline (HF_HUB_OFFLINE is set)"
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     try:
-        socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
+        port = endpoint.port or (80 if endpoint.scheme == "http" else 443)  # the endpoint's own port, when it names one
+    except ValueError:
+        return f"HF_ENDPOINT ({endpoint.netloc}) names no usable port"
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
     except OSError as error:
-        return f"{host} cannot be reached from this server ({error.strerror or error})"
+        return f"{endpoint.netloc} cannot be reached from this server ({error.strerror or error})"
     return None
 
 
