@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 from phi3lora.cli import main
 
 
@@ -80,3 +80,13 @@ def test_train_with_drop_invalid_skips_bad_records(tmp_path):
                    "--set", "max_steps=1", "--set", "eval_size=0")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "6 train / 0 eval" in done.stdout and "1 invalid records dropped" in done.stdout
+
+
+def test_the_readme_quick_start_trains_on_a_file_the_project_ships():
+    """README's command-line quick start must work on a fresh clone or a Space, where ../shared does not exist."""
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("The same from the command line, without the app")
+    commands = readme[start:readme.index("```", readme.index("```bash", start) + 7)]
+    data = commands.split("--data ", 1)[1].split()[0]
+    assert "../" not in commands and (REPO / data).is_file(), data
+    assert (REPO / data).parent == REPO / "phi3lora" / "datasets"  # shipped with the package, as a Space gets it
