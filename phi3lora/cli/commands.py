@@ -139,16 +139,19 @@ def _validate(args) -> int:
     from .. import data
     from ..job_builder import build_job, values_layer
     from ..modeling import choose_base_model, load_tokenizer
+    from ..training.preflight import check_job_if_readable
 
     source = args.data or args.path
     with _data_file(source) as path:
         given = {"data.path": path, "data.format": args.format, "model.base_model": args.model,
                  "training_config.max_length": args.max_length}
         config = build_job(values_layer({key: value for key, value in given.items() if value}))
+        base_path = choose_base_model(config.model.base_model).name_or_path
+        check_job_if_readable(config, base_path)  # --max-length past the model's positions: refused as train would
         dataset = data.read_dataset(config.data.path, config.data.format)
     tokenizer = None
     if dataset.conversations:
-        tokenizer = load_tokenizer(choose_base_model(config.model.base_model).name_or_path)
+        tokenizer = load_tokenizer(base_path)
     report = data.report(dataset, tokenizer, config.training_config.max_length)
     if source.startswith(HUB):
         report["path"] = source  # its copy is gone
@@ -174,6 +177,8 @@ def _print_report(report: dict) -> None:
                   + ", ".join(map(str, over[:20])) + (" ..." if len(over) > 20 else ""))
     for warning in report.get("warnings", []):
         print(f"warning: {warning}")
+    for note in report.get("notes", []):
+        print(note)
     errors = report["errors"]
     if errors:
         print(f"{len(errors)} problem(s):")
