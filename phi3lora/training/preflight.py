@@ -60,24 +60,32 @@ def check_model_limits(config: JobConfig, model_config) -> None:
 def check_job_if_readable(config: JobConfig, name_or_path: str) -> None:
     """check_model_limits, where the base's config.json can be read without running code from its repository (a
     base that cannot be read now fails where it loads, with its own message)."""
-    try:
-        model_config = _readable_config(name_or_path)
-    except ModelLoadError:
-        return
-    check_model_limits(config, model_config)
+    model_config = _readable_config(name_or_path)
+    if model_config is not None:
+        check_model_limits(config, model_config)
 
 
 def _readable_config(name_or_path: str):
     if Path(name_or_path).is_dir():
-        return read_model_config(name_or_path)  # a folder may change between jobs: read it each time
+        return _config_or_none(name_or_path)  # a folder may change between jobs: read it each time
     return _hub_config(name_or_path)
 
 
 @functools.lru_cache(maxsize=16)
 def _hub_config(name: str):
-    # A hub model's config.json, once per process: the Train tab checks the job at every preview.
-    return read_model_config(name)
+    # A hub model's config.json once per process, or once found unreadable: the Train tab's preview checks the job
+    # at every change, and an unreachable hub must not make it wait each time.
+    return _config_or_none(name)
 
+
+def _config_or_none(name_or_path: str):
+    try:
+        return read_model_config(name_or_path)
+    except ModelLoadError:
+        return None
+
+
+# --- the chat template ----------------------------------------------------------------------------------------
 
 def training_template(tokenizer, base_path: str) -> str | None:
     """The chat template to tokenize the training data with, for assistant-only loss: None where the tokenizer's own

@@ -167,3 +167,20 @@ def test_lora_weights_stay_fp32_under_fp16(tmp_path, method):
     trainable = {name: p.dtype for name, p in job.trainer.model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_A" in n or "lora_B" in n for n in trainable)
     assert set(trainable.values()) == {torch.float32}
+
+
+def test_validate_says_where_system_text_goes(tmp_path, capsys):
+    folder = _model_folder(tmp_path, MEDIUM_4K, WITHOUT_SYSTEM_ROLE)
+    assert cli(["validate", str(_dataset(tmp_path)), "--model", str(folder)]) == 0
+    assert data.SYSTEM_ROLE_NOTE in capsys.readouterr().out.splitlines()
+    report = data.report(data.read_dataset(_dataset(tmp_path)), load_tokenizer(str(folder)))
+    assert report["notes"] == [data.SYSTEM_ROLE_NOTE]
+
+
+def test_the_data_tab_says_where_system_text_goes(tmp_path):
+    """(Most of its time is importing gradio, which the UI tests pay for once per worker anyway.)"""
+    from phi3lora.ui.data_tab import summary_text
+
+    tokenizer = load_tokenizer(str(_model_folder(tmp_path, MEDIUM_4K, WITHOUT_SYSTEM_ROLE)))
+    report = data.report(data.read_dataset(_dataset(tmp_path)), tokenizer)
+    assert data.SYSTEM_ROLE_NOTE in summary_text({"name": "chat.jsonl", "source": "uploaded"}, report, [], 2048)
