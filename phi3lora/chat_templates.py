@@ -97,8 +97,9 @@ def write_training_template(shape: Phi3Shape) -> str:
     def text(value: str) -> str:  # a Jinja string literal
         return "'" + value.replace("\n", "\\n") + "'"
 
-    system = (f"{{%- if message['role'] == 'system' %}}{{{{- {text(SYSTEM)} + message['content'] + {text(END)} }}}}"
-              "{%- elif" if shape.system_role else "{%- if")
+    # the branch that tests for a user message: after a system branch where the shape has a system role
+    user_branch = (f"{{%- if message['role'] == 'system' %}}{{{{- {text(SYSTEM)} + message['content'] + {text(END)} }}}}"
+                   "{%- elif" if shape.system_role else "{%- if")
     user_end = text(END) if shape.system_role else text(END + ASSISTANT)
     opening = f"{{{{- {text(ASSISTANT)} }}}}" if shape.system_role else ""
     prompt = f"{{{{- {text(ASSISTANT)} }}}}" if shape.system_role else ""  # system-less: the user turn opened it
@@ -108,7 +109,7 @@ def write_training_template(shape: Phi3Shape) -> str:
         "{#- phi3lora's training variant of a Phi-3 chat template: the assistant's words inside generation marks -#}"
         + ("{{- bos_token }}" if shape.bos else "")
         + "{%- for message in messages %}"
-        + system + f" message['role'] == 'user' %}}{{{{- {text(USER)} + message['content'] + {user_end} }}}}"
+        + user_branch + f" message['role'] == 'user' %}}{{{{- {text(USER)} + message['content'] + {user_end} }}}}"
         + f"{{%- elif message['role'] == 'assistant' %}}{opening}"
         + f"{{%- generation %}}{{{{- message['content'] + {text(END)} }}}}{{%- endgeneration %}}"
         + "{%- endif %}{%- endfor %}"

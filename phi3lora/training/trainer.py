@@ -179,7 +179,7 @@ def train(config: JobConfig, output_dir: str | Path, log=print, callbacks: list[
         log(f"resuming from {checkpoint.name}" if checkpoint else "no whole checkpoint to resume from: starting over")
         remove_checkpoints_after(checkpoint, output_dir / "checkpoints", log)
 
-    # 4. Train, then save only the adapter (PEFT's save_pretrained writes just the LoRA weights).
+    # 5. Train, then save only the adapter (PEFT's save_pretrained writes just the LoRA weights).
     outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.model.config.use_cache = True  # gradient checkpointing turned the cache off; generation wants it back
     trainer.save_model(str(output_dir))
