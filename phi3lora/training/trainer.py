@@ -32,6 +32,7 @@ from . import preflight
 from .callbacks import MetricsFile
 from ..config import ConfigError, JobConfig
 from ..job_builder import resolve_job, write_job_file
+from ..tasks import launch
 from ..modeling import choose_base_model, load_base_model, load_tokenizer, resolve_dtype, stop_token_ids
 
 
@@ -98,7 +99,12 @@ def sft_config(config: JobConfig, output_dir: Path, has_eval: bool) -> SFTConfig
         fp16=dtype == "float16",
         report_to="none",
         dataset_num_proc=None,
+        use_cpu=_ranks_on_a_cpu(),  # several processes on a CPU: DDP over gloo (tasks/launch.py)
     )
+
+
+def _ranks_on_a_cpu() -> bool:
+    return launch.in_a_launched_rank() and not torch.cuda.is_available()
 
 
 @dataclass
@@ -138,17 +144,21 @@ def prepare(config: JobConfig, output_dir: Path, log=print, callbacks: list[Trai
         log(f"note: {len(stats.over_max_length)} conversations exceed max_length {stats.max_length} tokens "
             f"and will be truncated (records {shown})")
 
+    # The trainer's settings before the model: under DeepSpeed ZeRO-3 they make transformers load every weight
+    # already sharded across the GPUs (zero.Init) rather than whole in each process.
+    args = sft_config(config, output_dir, has_eval=bool(eval_split))
+
     # 3. The base model.
     model = load_base_model(config.model, base_path)
     model.generation_config.eos_token_id = stop_token_ids(tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_job_file(config, output_dir)
+    if args.process_index == 0:  # under accelerate every rank gets here: one writer per file
+        write_job_file(config, output_dir)
 
     # 4. LoRA on top of the frozen base; trl's SFTTrainer wraps it with peft and renders the chat template (with
     #    assistant_only_loss, the training template preflight chose, which marks the assistant turns).
-    args = sft_config(config, output_dir, has_eval=bool(eval_split))
     with _rendering_with(tokenizer, checked.training_template):
         trainer = SFTTrainer(
             model=model,
@@ -170,6 +180,7 @@ def train(config: JobConfig, output_dir: str | Path, log=print, callbacks: list[
     optimizer, scheduler and data order included). A callback that stops training early still gets the adapter saved."""
     started = time.time()
     output_dir = Path(output_dir)
+    log = log if launch.is_main_rank() else _silent  # several ranks: one says it, in one log
     job = prepare(config, output_dir, log, callbacks)
     trainer = job.trainer
     trainable, total = trainer.model.get_nb_trainable_parameters()
@@ -177,7 +188,9 @@ def train(config: JobConfig, output_dir: str | Path, log=print, callbacks: list[
     checkpoint = latest_valid_checkpoint(output_dir / "checkpoints", log) if resume else None
     if resume:
         log(f"resuming from {checkpoint.name}" if checkpoint else "no whole checkpoint to resume from: starting over")
-        remove_checkpoints_after(checkpoint, output_dir / "checkpoints", log)
+        if trainer.is_world_process_zero():
+            remove_checkpoints_after(checkpoint, output_dir / "checkpoints", log)
+        trainer.accelerator.wait_for_everyone()  # no rank starts while the cut-short ones are being removed
 
     # 5. Train, then save only the adapter (PEFT's save_pretrained writes just the LoRA weights).
     outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -192,8 +205,13 @@ def train(config: JobConfig, output_dir: str | Path, log=print, callbacks: list[
         eval_loss=_final_eval_loss(trainer) if job.eval_conversations else None,
         seconds=round(time.time() - started, 1),
     )
-    (output_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
+    if trainer.is_world_process_zero():
+        (output_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
     return result
+
+
+def _silent(*_args, **_kwargs) -> None:
+    pass
 
 
 @contextlib.contextmanager
