@@ -95,7 +95,7 @@ def load_base_model(settings: ModelSettings, name_or_path: str) -> PreTrainedMod
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
-            # FSDP shards flat tensors of one dtype: the packed 4-bit weights must be stored as the compute dtype
+            # FSDP and ZeRO-3 shard flat tensors of one dtype: the packed 4-bit weights are stored as the compute dtype
             **({"bnb_4bit_quant_storage": dtype} if _sharded_by_accelerate() else {}),
         )
     try:

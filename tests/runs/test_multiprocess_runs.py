@@ -22,7 +22,8 @@ def test_a_two_process_run_cancels_on_every_rank_and_resumes_to_the_end(monkeypa
     launch = _launch(run_id)
     assert launch["processes"] == 2 and launch["command"][launch["command"].index("--num_processes") + 1] == "2"
     run = registry.run_dir(run_id)
-    _wait_until(lambda: (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").exists(), what="checkpoint-2")
+    _wait_until(lambda: (run / "checkpoints" / "checkpoint-2" / "trainer_state.json").exists(), timeout=300,
+                what="checkpoint-2")
     body = psutil.Process(launch["body"]["pid"])
     ranks = [p for p in body.children(recursive=True) if "phi3lora.tasks" in " ".join(p.cmdline())]
     assert len(ranks) == 2, [p.cmdline() for p in ranks]
