@@ -3,15 +3,22 @@ same step with the adapter saved, and a resume launches it the same way and cont
 import json
 
 import psutil
+import pytest
 
 from conftest import REPO
 from phi3lora.config import JobConfig
 from phi3lora.job_builder import override
 from phi3lora.runs import lifecycle, registry
 from phi3lora.tasks import processes, records
-from test_jobs import TINY, _launch, _wait_until, data_root  # noqa: F401  (data_root: the autouse fixture)
+from test_jobs import TINY, _launch, _wait_until
 
 QUILL = REPO / "phi3lora" / "datasets" / "quill_identity.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def data_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("PHI3LORA_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
 
 def test_a_two_process_run_cancels_on_every_rank_and_resumes_to_the_end(monkeypatch):
