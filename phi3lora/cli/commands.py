@@ -27,6 +27,7 @@ from ..tasks import launch
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --processes` hands them to its ranks
     try:
         settings.check_all()  # a bad PHI3LORA_* value stops every command at once, named with what it allows
         return args.run(args)
@@ -204,7 +205,7 @@ def _train(args) -> int:
     with _data_file(args.data, keep_in=Path(args.output) / "dataset") as args.data:  # kept: config.yaml names it
         config = _job_config(args)
     if not launch.in_a_launched_rank():
-        launched = _train_in_processes(args, config)
+        launched = _train_in_processes(args, config.training_config.distributed)
         if launched is not None:
             return launched
     from ..training.trainer import train
@@ -217,28 +218,21 @@ def _train(args) -> int:
     return 0
 
 
-def _train_in_processes(args, config) -> int | None:
-    """`train --processes N`: this process checks the launch, writes config.yaml (the one writer) and starts the
-    ranks under accelerate launch, each running `train --config` on it; None when one process will do (the
-    default in the foreground, whatever the GPUs)."""
-    from ..job_builder import resolve_job, write_job_file
-    from ..tasks import queue
+def _train_in_processes(args, distributed: str) -> int | None:
+    """`train --processes N`: this process checks the launch and starts the ranks under accelerate launch, each
+    running this very command (rank 0 writes config.yaml and every other file); None when one process will do
+    (the default in the foreground, whatever the GPUs). It loads no torch: the ranks start that much sooner."""
     from ..tasks.processes import child_env
 
     accelerate_config = str(launch.check_accelerate_config(args.accelerate_config)) if args.accelerate_config else None
-    distributed = config.training_config.distributed
-    launch.check_launch(args.processes, distributed, queue.gpu_count, accelerate_config)
+    launch.check_launch(args.processes, distributed, launch.visible_gpu_count, accelerate_config)
     if not (args.processes or accelerate_config):
         return None
-    launcher = launch.launcher_command(args.processes, distributed, queue.gpu_count(), accelerate_config)
+    launcher = launch.launcher_command(args.processes, distributed, launch.visible_gpu_count(), accelerate_config)
     if not launcher:
         return None
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    job = write_job_file(resolve_job(config)[0], output)
-    ranks = [*launcher, "-m", "phi3lora", "train", "--output", str(output), "--config", str(job),
-             *(["--resume"] if args.resume else [])]
-    done = subprocess.run(ranks, env=child_env())
+    local_data = ["--data", args.data] if args.data else []  # a hub dataset's copy, fetched once, here
+    done = subprocess.run([*launcher, "-m", "phi3lora", *args.argv, *local_data], env=child_env())
     if done.returncode:
         raise UserError(f"training on several processes failed (exit code {done.returncode}): see the ranks' "
                         "messages above")

@@ -114,6 +114,15 @@ def check_accelerate_config(path: str) -> Path:
     return file.resolve()
 
 
+def visible_gpu_count() -> int:
+    """CUDA GPUs a process started now would see; without loading torch when CUDA_VISIBLE_DEVICES hides them all."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        return 0
+    from .queue import gpu_count
+
+    return gpu_count()
+
+
 def in_a_launched_rank() -> bool:
     """True inside a process started by accelerate launch / torchrun (which name every rank's world size)."""
     return "WORLD_SIZE" in os.environ
