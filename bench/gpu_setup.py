@@ -1,0 +1,111 @@
+"""The GPU check's setup, before anything is measured: the requirements (installed on a GPU machine, checked in a
+dry run), and the data inside the repository. Standard library only: this runs in the check's parent process,
+which never imports torch (it would hold GPU memory while the children measure)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIREMENTS = REPO / "requirements.txt"
+GPU_REQUIREMENTS = REPO / "requirements-gpu.txt"
+NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+NEEDS_TORCH_TO_BUILD = {"flash-attn"}  # their setup imports torch: no build isolation
+
+
+def requirement_lines(path: Path) -> list[str]:
+    """The requirements of a file, without comments, options and -r includes."""
+    lines = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            lines.append(line)
+    return lines
+
+
+def distribution(requirement: str) -> str:
+    return NAME.match(requirement).group(1).split("[")[0]
+
+
+def check_installed(requirement: str) -> tuple[bool, str]:
+    """Is `requirement` met by what this interpreter has? (met, what was found)."""
+    name = distribution(requirement)
+    try:
+        version = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return False, "not installed"
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # no packaging: the installed version is all we can say
+        return True, version
+    wanted = Requirement(requirement).specifier
+    met = wanted.contains(version, prereleases=True) or wanted.contains(version.split("+")[0], prereleases=True)
+    return met, version if met else f"{version} installed, {requirement} wanted"
+
+
+def _pip(args: list[str], timeout: float) -> tuple[bool, str]:
+    command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", *args]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        return False, f"pip gave up after {timeout:.0f} s"
+    if done.returncode == 0:
+        return True, ""
+    lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR")] or lines[-1:]
+    return False, (errors[0] if errors else f"pip exited {done.returncode}")[:200]
+
+
+def install(timeout_all: float = 900, timeout_each: float = 240) -> list[dict]:
+    """pip install requirements.txt (at once; one by one when that fails) and each line of requirements-gpu.txt
+    on its own. Returns one entry per requirement: what is there now, and why not where it failed."""
+    base, gpu = requirement_lines(REQUIREMENTS), requirement_lines(GPU_REQUIREMENTS)
+    whole, problem = _pip(["-r", str(REQUIREMENTS)], timeout_all)
+    failures = {} if whole else {req: problem for req in base}
+    if not whole:
+        for requirement in base:
+            ok, why = _pip([requirement], timeout_each)
+            if ok:
+                failures.pop(requirement)
+            else:
+                failures[requirement] = why
+    for requirement in gpu:
+        isolation = ["--no-build-isolation"] if distribution(requirement) in NEEDS_TORCH_TO_BUILD else []
+        ok, why = _pip([*isolation, requirement], timeout_each)
+        if not ok:
+            failures[requirement] = why
+    return [_entry(req, req in gpu, failures.get(req)) for req in base + gpu]
+
+
+def check(gpu_machine: bool) -> list[dict]:
+    """The dry run's check of the requirements: met here or not. GPU-only ones are not expected on a CPU."""
+    return [_entry(req, req in requirement_lines(GPU_REQUIREMENTS), None, expect=gpu_machine or req not in
+                   requirement_lines(GPU_REQUIREMENTS))
+            for req in requirement_lines(REQUIREMENTS) + requirement_lines(GPU_REQUIREMENTS)]
+
+
+def _entry(requirement: str, gpu_only: bool, install_error: str | None, expect: bool = True) -> dict:
+    met, found = check_installed(requirement)
+    if met:
+        status = "ok"
+    elif not expect:
+        status = "GPU only: not installed here"
+    else:
+        status = "missing"
+    return {"requirement": requirement, "gpu_only": gpu_only, "status": status, "found": found,
+            "install_error": install_error}
+
+
+def data_problems(paths: list[Path]) -> list[str]:
+    """Each training file must exist and lie inside the repository."""
+    problems = []
+    for path in paths:
+        resolved = path.resolve()
+        if REPO not in resolved.parents:
+            problems.append(f"{path} is outside the repository")
+        elif not resolved.is_file():
+            problems.append(f"{path} is missing")
+    return problems
