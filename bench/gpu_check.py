@@ -76,6 +76,9 @@ def run_part(part: Part, timeout: float, log: Path, env: dict[str, str]) -> Part
         except subprocess.TimeoutExpired:
             _stop(process)
             code = None
+        except BaseException:  # the check itself stopped (Ctrl-C, an outer `timeout`): its part goes too
+            _stop(process)
+            raise
     part.seconds, part.log = round(time.time() - started, 1), str(log)
     text = log.read_text(errors="replace")
     if code == 0 and part.result.is_file():
@@ -85,6 +88,14 @@ def run_part(part: Part, timeout: float, log: Path, env: dict[str, str]) -> Part
     else:
         part.status, part.why = "FAILED", (last_error(text) or f"exited with code {code}")[:300]
     return part
+
+
+class Stopped(Exception):
+    """The check was asked to stop (SIGTERM, e.g. from an outer `timeout`): table and JSON still come out."""
+
+
+def _on_sigterm(*_) -> None:
+    raise Stopped("SIGTERM")
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -111,7 +122,8 @@ def usable(probe: Part, package: str) -> bool:
     return not found.startswith("unavailable")
 
 
-def plan(work: Path, dry_run: bool, steps: int, tokenizer: str | None, flash: bool, liger: bool) -> list[Part]:
+def plan(work: Path, dry_run: bool, steps: int, tokenizer: str | None, flash: bool, liger: bool,
+         roomy: bool = True) -> list[Part]:
     import training  # its module imports no torch
 
     model, data = work / "phi3-mini", training.subset(steps, work, shortest=dry_run)
@@ -122,7 +134,7 @@ def plan(work: Path, dry_run: bool, steps: int, tokenizer: str | None, flash: bo
               "--result", str(work / "build.json"), *(["--tokenizer", tokenizer] if tokenizer else [])],
              work / "build.json"),
     ]
-    for name, (recipe, settings) in training.gpu_variants(flash, liger).items():
+    for name, (recipe, settings) in training.gpu_variants(flash, liger, roomy).items():
         keep = adapters["qlora" if "QLoRA" in name else "lora"] if recipe == "ours" else None
         result = work / f"train-{name.replace(' ', '-')}.json"
         parts.append(Part(f"train {name}", "train",
@@ -176,7 +188,8 @@ def summary(part: Part, peak_tflops: float | None, rows: dict[str, dict]) -> tup
         per_token = row.get("memory_per_token_mib")
         memory = (f", {per_token:.4f} MiB/token" + (f" ({row['memory_per_token_vs_cookbook']}x)"
                                                    if "memory_per_token_vs_cookbook" in row else "")) if per_token else ""
-        notes = [f"{row['steps']} steps, peak {row['peak_memory_gb']} GB ({row['memory_kind']})"]
+        notes = [f"{row['steps']} steps, peak {row['peak_memory_gb']} GB ({row['memory_kind']})",
+                 _settings(part.command)]
         for variant_targets in (TARGETS, MEMORY_TARGETS) if row["device"] != "cpu" else ():  # targets: a GPU's
             if (target := variant_targets.get(part.name.removeprefix("train "))) and target[0] in row:
                 met = row[target[0]] >= target[2] if target[1] == ">=" else row[target[0]] <= target[2]
@@ -187,7 +200,14 @@ def summary(part: Part, peak_tflops: float | None, rows: dict[str, dict]) -> tup
                 f"({out['tokens_per_second']} tokens/s)", f"first update after {out['first_update_seconds']} s")
     if part.kind == "export":
         return f"{out['size_gb']} GB merged in {out['seconds']} s", f"sliding_window {out['sliding_window']} kept"
-    return f"failed as it should in {out['seconds']} s", out["reason"][:160]
+    detail, _, hint = out["reason"].partition("): ")  # "out of memory (what torch said): what to do; then ..."
+    return (f"the run failed as it should in {out['seconds']} s, 4-bit hint shown",
+            f"{detail[:90]}...): {hint[:160]}")
+
+
+def _settings(command: list[str]) -> str:
+    settings = [a.removeprefix("--set=") for a in command if a.startswith("--set=")]
+    return "settings: " + (", ".join(settings) if settings else "as the recipe or phi3lora sets them")
 
 
 def print_table(lines: list[tuple[str, str, str, str]]) -> None:
@@ -232,12 +252,16 @@ def main(argv=None) -> dict:
         import training
 
         report["gpu_settings_of_ours"] = {k: v for k, (_, v) in training.gpu_variants(True, True).items()}
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    stopped = ""
     try:
         index = 0
         while index < len(parts):  # `parts` is planned again after the probe
             part, index = parts[index], index + 1
             left = deadline - time.time()
-            if args.only and not any(part.name.startswith(o) for o in args.only):
+            if stopped:
+                part.status, part.why = "skipped", "the check was stopped before this part"
+            elif args.only and not any(part.name.startswith(o) for o in args.only):
                 part.status, part.why = "skipped", "not asked for (--only)"
             elif missing := [n for n in part.needs if done.get(n) != "ok"]:
                 part.status, part.why = "skipped", f"needs {', '.join(missing)}, which did not succeed"
@@ -249,10 +273,14 @@ def main(argv=None) -> dict:
                 if part.kind == "compare" and done.get("train ours QLoRA") != "ok":
                     part.command = [a for a in part.command if not a.startswith("--adapter=qlora=")]
                 print(f"[{time.strftime('%H:%M:%S')}] {part.name} ...", flush=True)
-                run_part(part, min(BOXES[part.kind][dry], left), work / "logs" / f"{part.result.stem}.log", env)
+                try:
+                    run_part(part, min(BOXES[part.kind][dry], left), work / "logs" / f"{part.result.stem}.log", env)
+                except (Stopped, KeyboardInterrupt) as error:
+                    part.status, part.why = "FAILED", f"the check was stopped ({error or 'Ctrl-C'}) during this part"
+                    stopped = part.why
             if part is probe and probe.status == "ok":  # ours uses flash-attn and Liger where they import
                 parts = [probe, *plan(work, dry, steps, args.tokenizer, usable(probe, "flash-attn"),
-                                      usable(probe, "liger-kernel"))]
+                                      usable(probe, "liger-kernel"), probe.output.get("memory_gb", 0) >= 60 or dry)]
                 report["commands"] = {p.name: p.command for p in parts}
             done[part.name] = part.status
             if part.kind == "train" and part.status == "ok":

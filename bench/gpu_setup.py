@@ -63,16 +63,18 @@ def install(timeout_all: float = 900, timeout_each: float = 240) -> list[dict]:
     """pip install requirements.txt (at once; one by one when that fails) and each line of requirements-gpu.txt
     on its own. Returns one entry per requirement: what is there now, and why not where it failed."""
     base, gpu = requirement_lines(REQUIREMENTS), requirement_lines(GPU_REQUIREMENTS)
-    whole, problem = _pip(["-r", str(REQUIREMENTS)], timeout_all)
-    failures = {} if whole else {req: problem for req in base}
+    # what is met already is left alone: no index asked (an offline machine would wait on each)
+    base_unmet = [req for req in base if not check_installed(req)[0]]
+    whole, problem = _pip(["-r", str(REQUIREMENTS)], timeout_all) if base_unmet else (True, "")
+    failures = {} if whole else {req: problem for req in base_unmet}
     if not whole:
-        for requirement in base:
+        for requirement in base_unmet:
             ok, why = _pip([requirement], timeout_each)
             if ok:
                 failures.pop(requirement)
             else:
                 failures[requirement] = why
-    for requirement in gpu:
+    for requirement in [req for req in gpu if not check_installed(req)[0]]:
         isolation = ["--no-build-isolation"] if distribution(requirement) in NEEDS_TORCH_TO_BUILD else []
         ok, why = _pip([*isolation, requirement], timeout_each)
         if not ok:
