@@ -180,7 +180,8 @@ def summary(part: Part, peak_tflops: float | None, rows: dict[str, dict]) -> tup
         return f"{gpu}; torch {out['torch']}", "; ".join([mfu, *missing] if mfu else missing)[:300]
     if part.kind == "build":
         return (f"{out['parameters'] / 1e9:.2f}B parameters, sliding_window {out['sliding_window']}, "
-                f"vocab {out['vocab_size']}", f"tokenizer: {out['tokenizer']} ({out['tokenizer_vocab']} tokens)")
+                f"vocab {out['vocab_size']}", "; ".join([f"tokenizer: {out['tokenizer']} ({out['tokenizer_vocab']} tokens)",
+                                                         *out["tokenizer_problems"]])[:300])
     if part.kind == "train":
         row = rows[part.name.removeprefix("train ")]
         mfu = f", MFU {100 * row['mfu']:.1f}%" if row.get("mfu") else ""
