@@ -3,9 +3,12 @@ dry run), and the data inside the repository. Standard library only: this runs i
 which never imports torch (it would hold GPU memory while the children measure)."""
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -46,17 +49,31 @@ def check_installed(requirement: str) -> tuple[bool, str]:
     return met, version if met else f"{version} installed, {requirement} wanted"
 
 
+OFFLINE = re.compile(r"NewConnectionError|Network is unreachable|name resolution|ConnectTimeout|Max retries exceeded")
+NO_INDEX = "no package index reachable: "
+
+
 def _pip(args: list[str], timeout: float) -> tuple[bool, str]:
-    command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", *args]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-    except subprocess.TimeoutExpired:
-        return False, f"pip gave up after {timeout:.0f} s"
-    if done.returncode == 0:
+    """pip install, in a process group of its own: a source build it starts (flash-attn compiles for an hour where
+    no prebuilt wheel fits) is stopped with it at the time limit, not left compiling while the check measures."""
+    command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--retries", "1",
+               "--timeout", "20", *args]
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                                   start_new_session=True)
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return False, f"pip gave up after {timeout:.0f} s"
+        log.seek(0)
+        lines = [line for line in log.read().splitlines() if line.strip()]
+    if code == 0:
         return True, ""
-    lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("ERROR")] or lines[-1:]
-    return False, (errors[0] if errors else f"pip exited {done.returncode}")[:200]
+    why = (errors[0] if errors else f"pip exited {code}")[:200]
+    return False, (NO_INDEX + why if any(OFFLINE.search(line) for line in lines) else why)
 
 
 def install(timeout_all: float = 900, timeout_each: float = 240) -> list[dict]:
@@ -67,6 +84,8 @@ def install(timeout_all: float = 900, timeout_each: float = 240) -> list[dict]:
     base_unmet = [req for req in base if not check_installed(req)[0]]
     whole, problem = _pip(["-r", str(REQUIREMENTS)], timeout_all) if base_unmet else (True, "")
     failures = {} if whole else {req: problem for req in base_unmet}
+    if not whole and problem.startswith(NO_INDEX):  # no index reachable: one by one would wait as long again, each
+        return [_entry(req, req in gpu, failures.get(req, problem if req in gpu else None)) for req in base + gpu]
     if not whole:
         for requirement in base_unmet:
             ok, why = _pip([requirement], timeout_each)
