@@ -99,16 +99,17 @@ def _on_sigterm(*_) -> None:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the part's whole process group (its children free their GPU memory too), then SIGKILL."""
+    """SIGTERM to the part's whole process group (its children free their GPU memory too), up to 20 s for it to
+    end, then SIGKILL to whatever of the group is left."""
     for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
         try:
             os.killpg(process.pid, sig)
-            process.wait(grace)
-            return
         except ProcessLookupError:
             return
+        try:
+            process.wait(grace)
         except subprocess.TimeoutExpired:
-            continue
+            pass
 
 
 def probe_part(work: Path) -> Part:
