@@ -31,6 +31,7 @@ built in a process of its own, and MFU is 4 x parameters x tokens per second ove
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import json
 import os
@@ -97,7 +98,7 @@ def cookbook_trainer(base: str, data: Path, steps: int, output_dir: Path, settin
     tokenizer = load_tokenizer(base)  # pads with unk, as the Cookbook does
     tokenizer.padding_side = "right"
     # the notebook loads with flash_attention_2; where flash-attn is missing (any CPU), sdpa
-    attention = "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
+    attention = "flash_attention_2" if torch.cuda.is_available() and _imports("flash_attn") else "sdpa"
     model = load_base_model(ModelSettings(attn_implementation=attention, load_in_4bit="load_in_4bit=true" in settings),
                             base)
     conversations = datasets.usable_conversations(datasets.read_dataset(data))
@@ -114,6 +115,15 @@ def cookbook_trainer(base: str, data: Path, steps: int, output_dir: Path, settin
                              target_modules="all-linear")
     return SFTTrainer(model=model, args=training_config, peft_config=peft_config, processing_class=tokenizer,
                       train_dataset=Dataset.from_dict({"text": texts}))
+
+
+def _imports(module: str) -> bool:
+    """Installed and importable: a flash-attn built for another torch is installed, and fails at its import."""
+    try:
+        importlib.import_module(module)
+        return True
+    except Exception:  # noqa: BLE001 - any failure to import means: not usable here
+        return False
 
 
 def our_trainer(base: str, data: Path, steps: int, output_dir: Path, settings: list[str]):
