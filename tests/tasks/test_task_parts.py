@@ -43,6 +43,8 @@ def test_log_tail_reads_only_the_end(tmp_path):
     "returncode, log, fragment",
     [
         (1, "Traceback...\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "out of memory"),
+        (1, "RuntimeError: [enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+            "you tried to allocate 8589934592 bytes. Error code 12 (Cannot allocate memory)", "out of memory"),
         (-9, "step 3", "killed (SIGKILL)"),
         (137, "", "killed (SIGKILL)"),
         (-15, "", "killed by signal SIGTERM"),
