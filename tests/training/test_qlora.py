@@ -4,8 +4,8 @@ evaluation, and Compare with the adapter on the 4-bit base.
 The full identity run (110 steps of LoRA) is what proves an adapter learns the identity; this test proves the
 4-bit path does the same work at a fraction of the cost: 24 steps at a higher learning rate, judged by the
 held-out loss of base and adapter (`evaluate`), not by one generated sentence: at this size whether a greedy
-answer already says the identity depends on the seed (two of four seeds did); the fall in loss did not (seeds 7,
-42 and 123: training loss from 10-14 to 5.5-6.0 by the last epoch).
+answer already says the identity depends on the seed (at these settings seed 42's did, 7's and 123's did not);
+the held-out loss does not (4.4 to 4.9 after training with each of those seeds; the base's is 12.9 at seed 42).
 """
 import json
 
