@@ -271,7 +271,7 @@ class ChatService:
         """The model in memory with `choice`'s adapter attached, as (engine, adapter name), when it is loaded on the
         base `choice` needs with the same settings (an evaluation then needs no second copy); else None. Not
         released while lent."""
-        base, settings, key = _model_key([choice], load_in_4bit=False)
+        *_, key = _model_key([choice], load_in_4bit=False)
         with self._lock:
             lent = self._engine if self._engine is not None and self._engine.loaded and self._key == key else None
             if lent is not None:
