@@ -7,7 +7,9 @@
 
 Adapters come from finished runs (completed or cancelled), from an uploaded adapter zip, or from the hub.
 `ChatService` keeps at most one base model loaded (a `SideBySide`), loads it only when a chat asks for it,
-refuses to load it when memory is short (training may hold the GPU), and drops it when released or idle.
+refuses to load it when memory is short (naming who holds the GPU), and drops it when released, when idle, or
+when another user of the GPU asks for it (tasks/gpu_memory.py: a training run, an evaluation of another base); it
+lends it to an evaluation of the same base (`lend`).
 """
 from __future__ import annotations
 
