@@ -88,8 +88,13 @@ def ledger_root() -> Path:
 def holders() -> list[Holder]:
     """Everyone holding GPU memory on this machine now; records of processes that are gone are removed."""
     root = ledger_root()
+    if not root.is_dir():
+        return []
+    for request in root.glob("*.release"):  # asked after its holder had let go
+        if not request.with_suffix(".json").exists():
+            request.unlink(missing_ok=True)
     found = []
-    for path in sorted(root.glob("*.json")) if root.is_dir() else ():
+    for path in sorted(root.glob("*.json")):
         record = read_record(path)
         if record is None:
             continue  # being written
