@@ -201,7 +201,10 @@ class PeftConfig(_Section):
     @field_validator("target_modules")
     @classmethod
     def _known_modules(cls, modules: list[str]) -> list[str]:
-        allowed = {*PHI3_LINEAR_MODULES, PHI3_EMBEDDING_MODULE, "lm_head", "all-linear"}
+        if "lm_head" in modules:  # trl computes the loss from lm_head.weight directly: its LoRA would never train
+            raise ValueError("'lm_head' cannot take LoRA: the loss reads its weight directly, so the adapter would "
+                             "never train; remove it")
+        allowed = {*PHI3_LINEAR_MODULES, PHI3_EMBEDDING_MODULE, "all-linear"}
         unknown = [m for m in modules if m not in allowed]
         if unknown:
             raise ValueError(f"unknown module {unknown[0]!r}; choose from {', '.join(sorted(allowed))}")

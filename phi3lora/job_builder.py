@@ -147,13 +147,17 @@ def _locate(key: Any) -> str:
 def resolve_job(config: JobConfig) -> tuple[JobConfig, str]:
     """Fill in what no layer set: the base model this machine uses ("demo" for the embedded one, so the YAML stays
     portable) and, for the demo model, its own training defaults. Fields a user set stay; resolving a resolved job
-    changes nothing. Returns (config, a line for the user saying what was filled in)."""
+    changes nothing; a job the base model cannot take (max_length past its positions) is refused here, before any
+    run is queued or weights load. Returns (config, a line for the user saying what was filled in)."""
     from .modeling import choose_base_model  # torch: imported where a job is about to run or be shown
 
     choice = choose_base_model(config.model.base_model)
     given = config.explicitly_set()
     filled = {k: v for k, v in _model_defaults(choice.is_demo).items() if k not in given} if choice.is_demo else {}
     resolved = build_job(values_layer({"model.base_model": _portable(choice), **filled}), base=config)
+    from .training.preflight import check_job_if_readable  # the one check of the job against the model's config.json
+
+    check_job_if_readable(resolved, choice.name_or_path)
     note = f"base model: {choice}"
     if filled:
         note += "; demo-model defaults: " + ", ".join(f"{k.partition('.')[2]}={v}" for k, v in filled.items())

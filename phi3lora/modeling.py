@@ -63,7 +63,8 @@ def resolve_dtype(setting: str) -> torch.dtype:
         return getattr(torch, setting)
     if not torch.cuda.is_available():
         return torch.float32  # bf16 on CPUs without native support is ~35x slower than fp32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    # Without emulation: sm70/sm75 (V100, T4) answer True through emulation, at a fraction of fp16's speed.
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -95,6 +96,8 @@ def load_base_model(settings: ModelSettings, name_or_path: str, on_cpu: bool = F
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
+            # FSDP and ZeRO-3 shard flat tensors of one dtype: the packed 4-bit weights are stored as the compute dtype
+            **({"bnb_4bit_quant_storage": dtype} if _sharded_by_accelerate() else {}),
         )
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -112,10 +115,20 @@ def load_base_model(settings: ModelSettings, name_or_path: str, on_cpu: bool = F
 
 
 def _device_map() -> dict[str, int] | None:
-    # One process per GPU under accelerate/torchrun; LOCAL_RANK says which one is ours.
-    if torch.cuda.is_available():
+    # One process per GPU under accelerate/torchrun; LOCAL_RANK says which one is ours. Under FSDP or ZeRO-3 the
+    # weights load on the CPU (transformers loads them lazily, without a second copy) and accelerate shards them
+    # across the GPUs as it wraps the model: a device_map would put a whole copy on every GPU.
+    if torch.cuda.is_available() and not _sharded_by_accelerate():
         return {"": int(os.environ.get("LOCAL_RANK", 0))}
     return None
+
+
+def _sharded_by_accelerate() -> bool:
+    """This process is a rank of `accelerate launch` with FSDP or DeepSpeed ZeRO-3 (the launcher says so in these)."""
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    zero3 = (os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+             and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3")
+    return fsdp or zero3
 
 
 def _first_line(error: BaseException) -> str:

@@ -40,28 +40,69 @@ def datasets_dir() -> Path:
     return DATASETS
 
 
-@pytest.fixture(scope="session")
-def identity_home(tmp_path_factory, worker_id, datasets_dir) -> Path:
-    """A data root holding one completed LoRA run of the demo model on identity.json, its adapter answering
-    with the dataset's identity. Trained once per test session, whichever xdist worker asks first (a file lock
-    makes the others wait); tests copy it (`copy_home`) before adding to it."""
+def _identity_home_path(config) -> Path:
+    """Where the session's identity run lives: one folder for every xdist worker (the controller's basetemp)."""
+    if os.environ.get("PHI3LORA_TEST_IDENTITY_HOME"):  # local reruns: keep one trained home between sessions
+        return Path(os.environ["PHI3LORA_TEST_IDENTITY_HOME"])
+    basetemp = config._tmp_path_factory.getbasetemp()
+    return (basetemp.parent if hasattr(config, "workerinput") else basetemp) / "identity-home"
+
+
+def _start_identity_run(home: Path) -> str:
+    """Queue the identity run in the background (`runs start` returns once its supervisor is launched)."""
+    # this worker's share of the cores (_THREADS), not every core: the workers go on with files that do not need
+    # this run, and an OpenMP team larger than its free cores spins at every barrier (20 demo steps with the
+    # other core busy: 54 s on one thread, 74 s on two; 8-10 s a step in a contended CI run)
+    env = {"PHI3LORA_HOME": str(home), "OMP_NUM_THREADS": _THREADS}
+    started = run_cli("runs", "start", "--data", DATASETS / "identity.json", "--method", "lora",
+                      "--set", "model.base_model=demo", "--set", "data.eval_size=0.1", env=env)
+    assert started.returncode == 0, started.stderr[-3000:]
+    run_id = started.stdout.split()[-1]
+    (home / "started").write_text(run_id)
+    return run_id
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m have deselected: start the run only for tests that will run
+def pytest_collection_modifyitems(session, config, items):
+    """Files that need the identity run go last, and the run starts now, in the background, so that it trains
+    while the workers go through every other file instead of one worker training while the other waits."""
+    needing = {item.path for item in items if "identity_home" in getattr(item, "fixturenames", ())}
+    if not needing or not DATASETS.is_dir():
+        return
+    items.sort(key=lambda item: item.path in needing)  # stable, and a file's tests stay together
     from filelock import FileLock
 
-    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
-    home = shared / "identity-home"
-    if os.environ.get("PHI3LORA_TEST_IDENTITY_HOME"):  # local reruns: keep one trained home between sessions
-        home = Path(os.environ["PHI3LORA_TEST_IDENTITY_HOME"])
+    home = _identity_home_path(config)
+    home.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(home) + ".lock"):
+        if not (home / "trained").is_file() and not (home / "started").is_file():
+            _start_identity_run(home)
+
+
+def pytest_sessionfinish(session):
+    """A session that ends before the identity run did (interrupted, or -x) cancels it: no trainer outlives it."""
+    if hasattr(session.config, "workerinput"):
+        return  # the controller (or a single process) decides, once every worker has finished
+    home = _identity_home_path(session.config)
+    started = home / "started"
+    if started.is_file() and not (home / "trained").is_file():
+        run_cli("runs", "cancel", started.read_text(), env={"PHI3LORA_HOME": str(home)})
+        started.unlink()
+
+
+@pytest.fixture(scope="session")
+def identity_home(pytestconfig, datasets_dir) -> Path:
+    """A data root holding one completed LoRA run of the demo model on identity.json, its adapter answering
+    with the dataset's identity. Trained once per test session (started at collection, see above; a file lock
+    makes every worker wait for it); tests copy it (`copy_home`) before adding to it."""
+    from filelock import FileLock
+
+    home = _identity_home_path(pytestconfig)
     with FileLock(str(home) + ".lock"):
         if not (home / "trained").is_file():
-            # this worker's share of the cores (_THREADS), not every core: the other worker goes on with files that
-            # do not need this run, and an OpenMP team larger than its free cores spins at every barrier (20 demo
-            # steps with the other core busy: 54 s on one thread, 74 s on two; 8-10 s a step in a contended CI run)
-            env = {"PHI3LORA_HOME": str(home), "OMP_NUM_THREADS": _THREADS}
-            started = run_cli("runs", "start", "--data", datasets_dir / "identity.json", "--method", "lora",
-                              "--set", "model.base_model=demo", "--set", "data.eval_size=0.1", env=env)
-            assert started.returncode == 0, started.stderr[-3000:]
-            run_id = started.stdout.split()[-1]
-            done = run_cli("runs", "wait", run_id, env=env)
+            started = home / "started"
+            run_id = started.read_text() if started.is_file() else _start_identity_run(home)
+            done = run_cli("runs", "wait", run_id, env={"PHI3LORA_HOME": str(home)})
             assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
             (home / "trained").write_text(run_id)
     return home

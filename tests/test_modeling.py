@@ -68,6 +68,14 @@ def test_which_base_model(monkeypatch, requested, env, cuda, expected, is_demo):
     assert choice.why
 
 
+@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, torch.float16)], ids=["sm80", "sm75"])
+def test_auto_dtype_is_bf16_only_where_the_gpu_has_it_natively(monkeypatch, native, expected):
+    """A T4 or V100 answers bf16 "supported" through emulation, at a fraction of fp16's speed: it gets fp16."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    assert modeling.resolve_dtype("auto") == expected
+
+
 def test_dtype_on_cpu_is_fp32():
     assert modeling.resolve_dtype("auto") == torch.float32
     assert modeling.resolve_dtype("bfloat16") == torch.bfloat16

@@ -344,7 +344,8 @@ def test_the_cli_trains_and_queues_on_a_hub_dataset(default_data_root, monkeypat
     assert [json.loads(line) for line in kept.read_text().splitlines()] == records and given == [kept.read_text()]
 
     queued = []
-    monkeypatch.setattr(lifecycle, "start_run", lambda config: queued.append(Path(config.data.path)) or "run-1")
+    monkeypatch.setattr(lifecycle, "start_run",
+                        lambda config, **launch: queued.append(Path(config.data.path)) or "run-1")
     assert main(["runs", "start", "--data", "hub:someone/chats:test"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "run-1"
     assert queued[0].name == "someone__chats__test.jsonl" and not queued[0].exists()  # a temporary copy

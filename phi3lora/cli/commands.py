@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -20,11 +21,13 @@ from .evaluate import add_evaluate_command
 from .export import add_export_command
 from .space import add_space_command
 from ..policy.limits import DEFAULT_MAX_NEW_TOKENS
+from ..tasks import launch
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --processes` hands them to its ranks
     try:
         settings.check_all()  # a bad PHI3LORA_* value stops every command at once, named with what it allows
         return args.run(args)
@@ -55,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--output", required=True, help="run folder: adapter, checkpoints, config.yaml, metrics.jsonl")
     _add_job_options(train)
     train.add_argument("--resume", action="store_true", help="continue from the newest whole checkpoint in --output")
+    _add_launch_options(train)
     train.set_defaults(run=_train)
 
     compare = commands.add_parser("compare", help="greedy answers of the base and the adapted model to one prompt (one mixed batch)")
@@ -70,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     actions = runs.add_subparsers(dest="action", required=True)
     start = actions.add_parser("start", help="queue a training run in the background; prints its id")
     _add_job_options(start)
+    _add_launch_options(start)
     for name, helptext in [("list", "all runs, newest first"), ("show", "status, progress and latest metrics of a run"),
                            ("cancel", "stop a run at its next step, keeping the adapter as it stands"),
                            ("resume", "continue a failed, cancelled or interrupted run from its newest whole checkpoint"),
@@ -99,6 +104,14 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-invalid", action="store_true", help="skip invalid records instead of refusing the dataset")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="any setting, e.g. --set learning_rate=2e-4 --set peft_config.r=8 (see config.yaml)")
+
+
+def _add_launch_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--processes", type=int, metavar="N",
+                        help="training processes (accelerate launch): default one per visible GPU; on a CPU, N ranks "
+                        "in DDP over gloo")
+    parser.add_argument("--accelerate-config", metavar="FILE",
+                        help="accelerate's config file (accelerate config) for a cluster: machines, ranks, strategy")
 
 
 def _job_config(args):
@@ -139,16 +152,19 @@ def _validate(args) -> int:
     from .. import data
     from ..job_builder import build_job, values_layer
     from ..modeling import choose_base_model, load_tokenizer
+    from ..training.preflight import check_job_if_readable
 
     source = args.data or args.path
     with _data_file(source) as path:
         given = {"data.path": path, "data.format": args.format, "model.base_model": args.model,
                  "training_config.max_length": args.max_length}
         config = build_job(values_layer({key: value for key, value in given.items() if value}))
+        base_path = choose_base_model(config.model.base_model).name_or_path
+        check_job_if_readable(config, base_path)  # --max-length past the model's positions: refused as train would
         dataset = data.read_dataset(config.data.path, config.data.format)
     tokenizer = None
     if dataset.conversations:
-        tokenizer = load_tokenizer(choose_base_model(config.model.base_model).name_or_path)
+        tokenizer = load_tokenizer(base_path)
     report = data.report(dataset, tokenizer, config.training_config.max_length)
     if source.startswith(HUB):
         report["path"] = source  # its copy is gone
@@ -174,6 +190,8 @@ def _print_report(report: dict) -> None:
                   + ", ".join(map(str, over[:20])) + (" ..." if len(over) > 20 else ""))
     for warning in report.get("warnings", []):
         print(f"warning: {warning}")
+    for note in report.get("notes", []):
+        print(note)
     errors = report["errors"]
     if errors:
         print(f"{len(errors)} problem(s):")
@@ -186,11 +204,38 @@ def _print_report(report: dict) -> None:
 def _train(args) -> int:
     with _data_file(args.data, keep_in=Path(args.output) / "dataset") as args.data:  # kept: config.yaml names it
         config = _job_config(args)
+    if not launch.in_a_launched_rank():
+        launched = _train_in_processes(args, config.training_config.distributed)
+        if launched is not None:
+            return launched
     from ..training.trainer import train
 
     result = train(config, args.output, resume=args.resume)
+    if not launch.is_main_rank():
+        return 0  # one rank speaks for all
     print(f"done in {result.seconds:.0f}s: {result.global_step} steps, train loss {_fmt(result.train_loss)}, "
           f"eval loss {_fmt(result.eval_loss)}; adapter in {result.output_dir}")
+    return 0
+
+
+def _train_in_processes(args, distributed: str) -> int | None:
+    """`train --processes N`: this process checks the launch and starts the ranks under accelerate launch, each
+    running this very command (rank 0 writes config.yaml and every other file); None when one process will do
+    (the default in the foreground, whatever the GPUs). It loads no torch: the ranks start that much sooner."""
+    from ..tasks.processes import child_env
+
+    accelerate_config = str(launch.check_accelerate_config(args.accelerate_config)) if args.accelerate_config else None
+    launch.check_launch(args.processes, distributed, launch.visible_gpu_count, accelerate_config)
+    if not (args.processes or accelerate_config):
+        return None
+    launcher = launch.launcher_command(args.processes, distributed, launch.visible_gpu_count(), accelerate_config)
+    if not launcher:
+        return None
+    local_data = ["--data", args.data] if args.data else []  # a hub dataset's copy, fetched once, here
+    done = subprocess.run([*launcher, "-m", "phi3lora", *args.argv, *local_data], env=child_env())
+    if done.returncode:
+        raise UserError(f"training on several processes failed (exit code {done.returncode}): see the ranks' "
+                        "messages above")
     return 0
 
 
@@ -199,7 +244,8 @@ def _runs(args) -> int:
 
     if args.action == "start":
         with _data_file(args.data) as args.data:  # start_run snapshots it into the run folder
-            run_id = lifecycle.start_run(_job_config(args))
+            run_id = lifecycle.start_run(_job_config(args), processes=args.processes,
+                                         accelerate_config=args.accelerate_config)
         print(json.dumps({"id": run_id}) if args.json else run_id)
         return 0
     if args.action == "list":

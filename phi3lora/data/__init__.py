@@ -1,7 +1,8 @@
 """The data layer: chat-instruction datasets from a file or a Hugging Face hub dataset to checked Phi-3 chat
 conversations. It owns reading files into rows (files.py), the four formats and their detection (formats.py),
 normalising a record to chat messages (normalise.py) and checking its turns (turns.py), with the wording of every
-problem (wording.py), the whole read (reader.py: read_dataset), what callers do with the result (using.py: usable
+problem (wording.py), a conversation as the model's chat template takes it (template.py: system text where the
+template has no system role), the whole read (reader.py: read_dataset), what callers do with the result (using.py: usable
 conversations, chat-template text, token counts, the train/eval split, the report), copying a hub dataset into a
 local file (hub.py), and the types they share (dataset.py). Of phi3lora it may import only settings, errors, config and
 limits; the CLI, the trainer, the jobs and the app import it, never the other way round. It never imports torch
@@ -14,6 +15,7 @@ from .files import SUPPORTED_EXTENSIONS
 from .formats import FORMATS
 from .normalise import FUNCTION_CALL, FUNCTION_RESULT, TOOLS_HEADER
 from .reader import read_dataset
+from .template import SYSTEM_ROLE_NOTE, conversations_for_template, for_template, has_system_role, system_role_note
 from .using import (
     render_text,
     report,
@@ -25,8 +27,8 @@ from .using import (
 )
 
 __all__ = [
-    "FORMATS", "FUNCTION_CALL", "FUNCTION_RESULT", "SUPPORTED_EXTENSIONS", "TOOLS_HEADER",
+    "FORMATS", "FUNCTION_CALL", "FUNCTION_RESULT", "SUPPORTED_EXTENSIONS", "SYSTEM_ROLE_NOTE", "TOOLS_HEADER",
     "Conversation", "DatasetError", "LoadedDataset", "Problem", "TokenStats",
-    "hub", "read_dataset", "render_text", "report", "split_train_eval", "to_hf_dataset", "token_lengths",
-    "token_stats", "usable_conversations",
+    "conversations_for_template", "for_template", "has_system_role", "hub", "read_dataset", "render_text", "report",
+    "split_train_eval", "system_role_note", "to_hf_dataset", "token_lengths", "token_stats", "usable_conversations",
 ]

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from ..config import DEFAULT_MAX_LENGTH, eval_size_problem
 from ..errors import shorten
 from .dataset import Conversation, DatasetError, LoadedDataset, Problem, TokenStats
+from .template import for_template, has_system_role, system_role_note
 
 MAX_LISTED_PROBLEMS = 20  # a refusal lists this many problems, then how many more
 
@@ -37,16 +38,18 @@ def _listed(problems: list[Problem]) -> str:
     return "\n".join(lines)
 
 
-def render_text(tokenizer, messages: list[dict[str, str]]) -> str:
-    """The conversation as the model sees it in training: the tokenizer's chat template, untokenised."""
-    return tokenizer.apply_chat_template(messages, tokenize=False)
+def render_text(tokenizer, messages: list[dict[str, str]], system_role: bool | None = None) -> str:
+    """The conversation as the model sees it in training: the tokenizer's chat template, untokenised, with system
+    text in the first user message where the template has no system role (`system_role`: has_system_role, if known)."""
+    return tokenizer.apply_chat_template(for_template(tokenizer, messages, system_role), tokenize=False)
 
 
 def token_lengths(tokenizer, conversations: list[Conversation]) -> list[int]:
     """Tokens of each rendered conversation (the template adds the special tokens itself), in order."""
     lengths: list[int] = []
+    system_role = has_system_role(tokenizer) if conversations else True
     for start in range(0, len(conversations), 256):
-        batch = [render_text(tokenizer, c.messages) for c in conversations[start:start + 256]]
+        batch = [render_text(tokenizer, c.messages, system_role) for c in conversations[start:start + 256]]
         lengths += [len(ids) for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]]
     return lengths
 
@@ -102,10 +105,11 @@ def to_hf_dataset(conversations: list[Conversation]):
 
 
 def report(ds: LoadedDataset, tokenizer=None, max_length: int = DEFAULT_MAX_LENGTH, lengths: list[int] | None = None) -> dict:
-    """A JSON-ready summary: counts, problems, warnings and (with a tokenizer) token statistics; `lengths` as for
-    token_stats."""
+    """A JSON-ready summary: counts, problems, warnings, notes (how the tokenizer's template takes the data) and
+    (with a tokenizer) token statistics; `lengths` as for token_stats."""
     tokens = (asdict(token_stats(tokenizer, ds.conversations, max_length, lengths)) if tokenizer is not None
               else None)
+    note = system_role_note(tokenizer, ds.conversations) if tokenizer is not None else None
     return {
         "path": str(ds.path),
         "format": ds.format,
@@ -114,5 +118,6 @@ def report(ds: LoadedDataset, tokenizer=None, max_length: int = DEFAULT_MAX_LENG
         "ok": ds.ok,
         "errors": [{"record": p.record, "message": p.message} for p in ds.problems],
         "warnings": list(ds.warnings),
+        "notes": [note] if note else [],
         "tokens": tokens,
     }

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
+from ..data import for_template
 from ..policy.allowed_models import remote_code_allowed, require_allowed
 from ..errors import UserError
 from ..policy.limits import DEFAULT_MAX_NEW_TOKENS
@@ -76,7 +77,7 @@ def load_with_adapters(base_model: str | None, adapters: dict[str, str | Path], 
 @torch.inference_mode()
 def generate_columns(model, tokenizer, messages: list[dict], columns: list[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> list[str]:
     """Greedy answers to the same conversation, one per column (an adapter name or BASE), in one batch."""
-    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(for_template(tokenizer, messages), tokenize=False, add_generation_prompt=True)
     inputs = tokenizer([prompt] * len(columns), return_tensors="pt", add_special_tokens=False).to(model.device)
     extra = {"adapter_names": columns} if isinstance(model, PeftModel) else {}
     output = model.generate(

@@ -31,6 +31,7 @@ from peft import PeftModel
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from .. import data
 from ..policy import limits
 from .adapters import BASE, AdapterError, adapter_settings, load_with_adapters
 from ..config import ModelSettings
@@ -118,6 +119,13 @@ class _Cancelled(StoppingCriteria):
 
     def __call__(self, input_ids, scores, **kwargs):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def chat_prompt(tokenizer, conversation: list[dict]) -> str:
+    """The text a conversation's answer continues: its system text in the first user message where the template
+    has no system role (a Phi-3-medium template would drop it), as in training."""
+    return tokenizer.apply_chat_template(data.for_template(tokenizer, conversation), tokenize=False,
+                                         add_generation_prompt=True)
 
 
 class PromptTooLong(LimitExceeded):
@@ -226,7 +234,7 @@ class SideBySide:
         if unknown:
             raise AdapterError(f"no adapter named {', '.join(map(repr, unknown))}; attached: {self.adapters or 'none'}")
         model, tokenizer = self.model, self.tokenizer
-        prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        prompts = [chat_prompt(tokenizer, c) for c in conversations]
         inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         if limit_prompt:
             _check_prompt_tokens(inputs["attention_mask"].sum(dim=1).tolist(), model.config, max_new_tokens)

@@ -206,15 +206,13 @@ def tokenize_for_loss(tokenizer, conversations: list[data.Conversation], config:
     """Each conversation as trl's SFTTrainer prepares it: input_ids, and labels with -100 where no loss is taken
     (outside the assistant turns with assistant_only_loss), cut at max_length (keep_start); rows with nothing
     to score are dropped, as the trainer drops them."""
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+    from ..chat_templates import marked_template
 
     settings = config.training_config
     assistant_only = settings.assistant_only_loss
-    template = None
-    if assistant_only and not has_generation_markers(tokenizer.chat_template or ""):
-        template = get_training_chat_template(tokenizer)  # what SFTTrainer swaps in: it marks the assistant turns
+    template = marked_template(tokenizer) if assistant_only else None  # the trainer's: it marks the assistant turns
     examples = []
-    for conversation in conversations:
+    for conversation in data.conversations_for_template(tokenizer, conversations):  # system text as in training
         encoded = tokenizer.apply_chat_template(conversation.messages, tokenize=True, return_dict=True,
                                                 chat_template=template, return_assistant_tokens_mask=assistant_only)
         ids = list(encoded["input_ids"])

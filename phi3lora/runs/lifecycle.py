@@ -17,7 +17,7 @@ from . import registry
 from ..policy.allowed_models import remote_code_allowed
 from ..config import JobConfig
 from ..errors import UserError
-from ..tasks import gpu_memory, machine
+from ..tasks import gpu_memory, launch, machine, queue
 from ..tasks.machine import ACTIVE, FINISHED, RUNNING
 from ..tasks.records import log_tail as read_log_tail, read_record, write_record
 from ..job_builder import load_job
@@ -108,13 +108,19 @@ def log_tail(run_id: str, max_bytes: int = 4000) -> str:
 
 # --- start, cancel, resume, wait, delete ------------------------------------------------------------------
 
-def start_run(config: JobConfig, owner: str | None = None) -> str:
+def start_run(config: JobConfig, owner: str | None = None, processes: int | None = None,
+              accelerate_config: str | None = None) -> str:
     """Check the dataset, snapshot it into a new run folder, and queue the run. Returns the run id.
-    `owner` (who started it, see policy/access.py) is recorded with the run."""
+    `owner` (who started it, see policy/access.py) is recorded with the run. `processes` (default: one per visible
+    GPU) and `accelerate_config` (a cluster's accelerate config file) say how it launches (tasks/launch.py); every
+    resume launches the same way."""
     if not config.data.path:
         raise UserError("no dataset: set data.path (--data)")
     dataset = data.read_dataset(config.data.path, config.data.format)
     data.usable_conversations(dataset, drop_invalid=config.data.drop_invalid)  # refuse bad data now, not in a failed run
+    if accelerate_config:
+        accelerate_config = str(launch.check_accelerate_config(accelerate_config))  # the ranks start elsewhere
+    _check_launch(config, processes, accelerate_config)  # a missing package, too many processes: before any work
     from ..job_builder import resolve_job, write_job_file  # here, not at the top: it imports torch (model defaults)
 
     config, _ = resolve_job(config)  # the YAML holds every setting the run will use, model defaults included
@@ -132,7 +138,7 @@ def start_run(config: JobConfig, owner: str | None = None) -> str:
         "id": run_id, "created_at": time.time(), "method": config.method,
         "base_model": config.model.base_model, "dataset": snapshot.name, "owner": owner,
     })
-    _queue_attempt(path, resume=False)
+    _queue_attempt(path, resume=False, processes=processes, accelerate_config=accelerate_config)
     return run_id
 
 
@@ -170,8 +176,11 @@ def resume_run(run_id: str) -> None:
     if status not in (machine.FAILED, machine.CANCELLED, machine.INTERRUPTED):
         raise RunStateError(f"run {run_id} is {status}: only a failed, cancelled or interrupted run can be resumed")
     _refuse_while_reading_the_adapter(run_id, "resumed")
+    first = read_record(registry.attempt_dirs(path)[0] / "queued.json") if registry.attempt_dirs(path) else None
+    processes, accelerate_config = (first or {}).get("processes"), (first or {}).get("accelerate_config")
+    _check_launch(load_job(path / "config.yaml"), processes, accelerate_config)  # a package may have gone since
     _ask_for_the_gpu(load_job(path / "config.yaml"), f"training run {run_id}")
-    _queue_attempt(path, resume=True)
+    _queue_attempt(path, resume=True, processes=processes, accelerate_config=accelerate_config)
 
 
 def wait_for_run(run_id: str, timeout: float | None = None) -> RunInfo:
@@ -219,10 +228,16 @@ class RunWatcher:
 
 # --- queueing an attempt ----------------------------------------------------------------------------------------
 
-def _queue_attempt(path: Path, resume: bool) -> Path:
+def _check_launch(config: JobConfig, processes: int | None, accelerate_config: str | None) -> None:
+    """Refuse here, before anything is queued, a launch that would only fail in its ranks (tasks/launch.py)."""
+    launch.check_launch(processes, config.training_config.distributed, queue.gpu_count, accelerate_config)
+
+
+def _queue_attempt(path: Path, resume: bool, processes: int | None = None, accelerate_config: str | None = None) -> Path:
     attempt = path / "attempts" / str(len(registry.attempt_dirs(path)) + 1)
     config = load_job(path / "config.yaml")
     machine.submit(attempt, "train", run=path.name, resume=resume, distributed=config.training_config.distributed,
+                   processes=processes, accelerate_config=accelerate_config,
                    gpu=_gpu_need(config, f"training run {path.name}"))  # its body asks the GPU's owner with it
     return attempt
 

@@ -11,7 +11,9 @@ from ..errors import UserError
 
 OOM_HINT = ("load the base in 4 bits (QLoRA), lower the batch size or max_length, turn gradient_checkpointing on, "
             "or stop other work on the GPU")
-OUT_OF_MEMORY = re.compile(r"OutOfMemoryError|CUDA out of memory|CUBLAS_STATUS_ALLOC_FAILED")
+# the last: torch's CPU allocator refusing (RAM or an address-space limit), raised as a plain RuntimeError
+OUT_OF_MEMORY = re.compile(r"OutOfMemoryError|CUDA out of memory|CUBLAS_STATUS_ALLOC_FAILED"
+                           r"|DefaultCPUAllocator: (?:can't allocate|not enough) memory")
 DISK_FULL = re.compile(r"No space left on device|Disk quota exceeded|File too large")  # ENOSPC, EDQUOT, EFBIG
 DISK_FULL_HINT = "free some space"
 ERROR_LINE = re.compile(r"^(?:error: .+|\w+(?:Error|Exception): .+)$", re.MULTILINE)

@@ -18,7 +18,7 @@ class Kind:
     log_name: str        # the body's stdout and stderr, in the task folder
     retry: str           # what to do once a failure's cause is fixed, as the end of a sentence
     gpu_queue: bool      # waits for a free slot on its GPU set ($PHI3LORA_MAX_RUNS at once) before it starts
-    multi_gpu: bool      # started under `accelerate launch` when several GPUs are visible
+    multi_gpu: bool      # started under `accelerate launch` on several processes (launch.py): GPUs, or a CPU's ranks
 
     def load_body(self) -> Callable:
         module, function = self.body.split(":")

@@ -6,14 +6,14 @@ still gets a final word:
     the supervisor  `python -m phi3lora.tasks FOLDER`, its own session: waits for a GPU slot when its kind needs
                     one, starts the body, passes on a cancel (killing the body after a grace period), and writes
                     exit.json when the body ends, however it ends;
-    the body        `python -m phi3lora.tasks FOLDER --body` (under `accelerate launch` on several GPUs), its own
+    the body        `python -m phi3lora.tasks FOLDER --body` (under `accelerate launch` on several processes), its own
                     process group: runs the kind's function (kinds.py) and writes outcome.json.
 
 A task folder:
     queued.json      the request: kind, queued_at and the kind's arguments (caller)
     supervisor.json  pid + start time of the supervisor (caller)
     supervisor.log   the supervisor's own output
-    launch.json      pid + start time of the body, its command and GPU set (supervisor)
+    launch.json      pid + start time of the body, its command, GPU set and process count (supervisor)
     <kind>.log       the body's stdout and stderr (train.log, evaluate.log, export.log)
     cancel.json      a cancel request (caller)
     outcome.json     how the work ended, as the body saw it (body)
@@ -38,7 +38,7 @@ from typing import Any, Iterator
 
 from .. import settings
 from ..errors import UserError
-from . import failures, gpu_memory, queue
+from . import failures, gpu_memory, launch, queue
 from .kinds import KINDS, Kind
 from .processes import is_alive, kill_process_tree, process_identity, start_detached
 from .records import is_recent, log_tail, read_record, write_record
@@ -160,18 +160,15 @@ def supervise(folder: Path) -> int:
 
 
 def body_command(folder: Path, kind: Kind, request: dict[str, Any], gpu_count: int) -> list[str]:
-    """`python -m phi3lora.tasks FOLDER --body`, under `accelerate launch` when a multi-GPU kind sees several GPUs,
-    so multi-GPU and multi-node training is accelerate's (DDP, FSDP or DeepSpeed ZeRO, from the request)."""
+    """`python -m phi3lora.tasks FOLDER --body`, under `accelerate launch` when a multi-process kind gets several
+    processes (one per visible GPU, or the request's `processes`, on a CPU too) or an accelerate config file, so
+    multi-GPU and multi-node training is accelerate's (DDP, FSDP or DeepSpeed ZeRO, from the request)."""
     body = ["-m", "phi3lora.tasks", str(folder), "--body"]
-    if gpu_count <= 1 or not kind.multi_gpu:
+    if not kind.multi_gpu:
         return [sys.executable, *body]
-    strategy = {
-        "ddp": ["--multi_gpu"],
-        "fsdp": ["--use_fsdp"],
-        "deepspeed_zero2": ["--use_deepspeed", "--zero_stage", "2"],
-        "deepspeed_zero3": ["--use_deepspeed", "--zero_stage", "3"],
-    }[request.get("distributed", "ddp")]
-    return [sys.executable, "-m", "accelerate.commands.launch", *strategy, "--num_processes", str(gpu_count), *body]
+    launcher = launch.launcher_command(request.get("processes"), request.get("distributed", "ddp"), gpu_count,
+                                       request.get("accelerate_config"))
+    return [*launcher, *body] if launcher else [sys.executable, *body]
 
 
 def _wait_for_turn_and_launch(folder: Path, kind: Kind, request: dict[str, Any]) -> subprocess.Popen | None:
@@ -188,10 +185,12 @@ def _wait_for_turn_and_launch(folder: Path, kind: Kind, request: dict[str, Any])
 
 
 def _launch(folder: Path, kind: Kind, request: dict[str, Any], gpus: str) -> subprocess.Popen:
-    command = body_command(folder, kind, request, queue.gpu_count() if kind.multi_gpu else 0)
+    gpu_count = queue.gpu_count() if kind.multi_gpu else 0
+    command = body_command(folder, kind, request, gpu_count)
     body = start_detached(command, folder / kind.log_name, reap=False)
+    processes = launch.process_count(request.get("processes"), gpu_count) if kind.multi_gpu else 1
     write_record(folder / "launch.json", {"body": process_identity(body.pid), "command": command, "gpus": gpus,
-                                          "launched_at": time.time()})
+                                          "processes": processes, "launched_at": time.time()})
     return body
 
 

@@ -62,7 +62,11 @@ class MetricsFile(TrainerCallback):
 
 class StopWhenAsked(TrainerCallback):
     """Stops training at the next step once `request_file` exists (a cancel from the UI or CLI).
-    Training then ends normally, so the caller still saves the adapter as it stands."""
+    Training then ends normally, so the caller still saves the adapter as it stands.
+
+    Under accelerate only the main process reads the file, and every step its answer is shared with all ranks (one
+    all-reduce of one number): all stop at the same step. Ranks that each looked for themselves could see the file
+    a step apart, and the one that stopped would leave the others waiting in a collective until killed."""
 
     def __init__(self, request_file: Path, check_every: float = 0.5):
         self.request_file = request_file
@@ -72,9 +76,17 @@ class StopWhenAsked(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         now = time.time()
-        if now - self.last_check >= self.check_every:
+        if state.is_world_process_zero and not self.asked and now - self.last_check >= self.check_every:
             self.last_check = now
-            self.asked = self.asked or self.request_file.exists()
+            self.asked = self.request_file.exists()
+        if _several_ranks():
+            decision = torch.tensor([1.0 if self.asked else 0.0], device=args.device)
+            torch.distributed.all_reduce(decision, op=torch.distributed.ReduceOp.MAX)
+            self.asked = bool(decision.item())
         if self.asked:
             control.should_training_stop = True
             control.should_save = False  # the adapter is saved once, after training returns
+
+
+def _several_ranks() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1

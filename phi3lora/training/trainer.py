@@ -10,6 +10,7 @@ The run folder it fills:
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import shutil
@@ -25,12 +26,13 @@ from safetensors import safe_open
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer
-from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
 from .. import data
+from . import preflight
 from .callbacks import MetricsFile
 from ..config import ConfigError, JobConfig
 from ..job_builder import resolve_job, write_job_file
+from ..tasks import launch
 from ..modeling import choose_base_model, load_base_model, load_tokenizer, resolve_dtype, stop_token_ids
 
 
@@ -97,7 +99,12 @@ def sft_config(config: JobConfig, output_dir: Path, has_eval: bool) -> SFTConfig
         fp16=dtype == "float16",
         report_to="none",
         dataset_num_proc=None,
+        use_cpu=_ranks_on_a_cpu(),  # several processes on a CPU: DDP over gloo (tasks/launch.py)
     )
+
+
+def _ranks_on_a_cpu() -> bool:
+    return launch.in_a_launched_rank() and not torch.cuda.is_available()
 
 
 @dataclass
@@ -124,35 +131,46 @@ def prepare(config: JobConfig, output_dir: Path, log=print, callbacks: list[Trai
     log(f"data: {dataset.format}, {len(train_split)} train / {len(eval_split)} eval conversations"
         + (f" ({dropped} invalid records dropped)" if dropped else ""))
 
-    # 2. Base model and tokenizer.
+    # 2. The tokenizer and the model's config.json: every check of the job against the model before its weights load.
     base_path = choose_base_model(config.model.base_model).name_or_path
     tokenizer = load_tokenizer(base_path, config.model.trust_remote_code)
+    checked = preflight.check(config, base_path, tokenizer)
+    if note := data.system_role_note(tokenizer, conversations):
+        log(note)
+    train_split, eval_split = (data.conversations_for_template(tokenizer, split) for split in (train_split, eval_split))
     stats = data.token_stats(tokenizer, conversations, config.training_config.max_length)
     if stats.over_max_length:
         shown = ", ".join(map(str, stats.over_max_length[:10])) + (" ..." if len(stats.over_max_length) > 10 else "")
         log(f"note: {len(stats.over_max_length)} conversations exceed max_length {stats.max_length} tokens "
             f"and will be truncated (records {shown})")
+
+    # The trainer's settings before the model: under DeepSpeed ZeRO-3 they make transformers load every weight
+    # already sharded across the GPUs (zero.Init) rather than whole in each process.
+    args = sft_config(config, output_dir, has_eval=bool(eval_split))
+
+    # 3. The base model.
     model = load_base_model(config.model, base_path)
     model.generation_config.eos_token_id = stop_token_ids(tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    if config.training_config.assistant_only_loss:
-        _check_template_marks_assistant_turns(tokenizer, base_path)
-
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_job_file(config, output_dir)
+    if args.process_index == 0:  # under accelerate every rank gets here: one writer per file
+        write_job_file(config, output_dir)
 
-    # 3. LoRA on top of the frozen base; trl's SFTTrainer wraps it with peft and renders the chat template
-    #    (with assistant_only_loss it swaps in its Phi-3 training template, which marks the assistant turns).
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config(config, output_dir, has_eval=bool(eval_split)),
-        train_dataset=data.to_hf_dataset(train_split),
-        eval_dataset=data.to_hf_dataset(eval_split) if eval_split else None,
-        processing_class=tokenizer,
-        peft_config=lora_config(config),
-        callbacks=[MetricsFile(output_dir / "metrics.jsonl"), *callbacks],
-    )
+    # 4. LoRA on top of the frozen base; trl's SFTTrainer wraps it with peft and renders the chat template (with
+    #    assistant_only_loss, the training template preflight chose, which marks the assistant turns).
+    with _rendering_with(tokenizer, checked.training_template):
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=data.to_hf_dataset(train_split),
+            eval_dataset=data.to_hf_dataset(eval_split) if eval_split else None,
+            processing_class=tokenizer,
+            peft_config=lora_config(config),
+            callbacks=[MetricsFile(output_dir / "metrics.jsonl"), *callbacks],
+        )
+    if args.fp16:
+        keep_lora_in_fp32(trainer.model)
     return PreparedJob(config, trainer, len(train_split), len(eval_split))
 
 
@@ -162,6 +180,7 @@ def train(config: JobConfig, output_dir: str | Path, log=print, callbacks: list[
     optimizer, scheduler and data order included). A callback that stops training early still gets the adapter saved."""
     started = time.time()
     output_dir = Path(output_dir)
+    log = log if launch.is_main_rank() else _silent  # several ranks: one says it, in one log
     job = prepare(config, output_dir, log, callbacks)
     trainer = job.trainer
     trainable, total = trainer.model.get_nb_trainable_parameters()
@@ -169,9 +188,11 @@ def train(config: JobConfig, output_dir: str | Path, log=print, callbacks: list[
     checkpoint = latest_valid_checkpoint(output_dir / "checkpoints", log) if resume else None
     if resume:
         log(f"resuming from {checkpoint.name}" if checkpoint else "no whole checkpoint to resume from: starting over")
-        remove_checkpoints_after(checkpoint, output_dir / "checkpoints", log)
+        if trainer.is_world_process_zero():
+            remove_checkpoints_after(checkpoint, output_dir / "checkpoints", log)
+        trainer.accelerator.wait_for_everyone()  # no rank starts while the cut-short ones are being removed
 
-    # 4. Train, then save only the adapter (PEFT's save_pretrained writes just the LoRA weights).
+    # 5. Train, then save only the adapter (PEFT's save_pretrained writes just the LoRA weights).
     outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.model.config.use_cache = True  # gradient checkpointing turned the cache off; generation wants it back
     trainer.save_model(str(output_dir))
@@ -184,21 +205,36 @@ def train(config: JobConfig, output_dir: str | Path, log=print, callbacks: list[
         eval_loss=_final_eval_loss(trainer) if job.eval_conversations else None,
         seconds=round(time.time() - started, 1),
     )
-    (output_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
+    if trainer.is_world_process_zero():
+        (output_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
     return result
 
 
-def _check_template_marks_assistant_turns(tokenizer, base_path: str) -> None:
-    """Assistant-only loss needs a template with {% generation %} marks; trl knows Phi-3's, not arbitrary ones."""
-    if has_generation_markers(tokenizer.chat_template or ""):
+def _silent(*_args, **_kwargs) -> None:
+    pass
+
+
+@contextlib.contextmanager
+def _rendering_with(tokenizer, template: str | None):
+    """The tokenizer renders with `template` while SFTTrainer tokenizes the data, and with its own again after: the
+    tokenizer saved with the adapter keeps the model's template."""
+    if template is None:
+        yield
         return
+    original = tokenizer.chat_template
+    tokenizer.chat_template = template
     try:
-        get_training_chat_template(tokenizer)
-    except ValueError:
-        raise ConfigError(
-            f"training_config.assistant_only_loss: the chat template of {base_path} is not one trl can mark "
-            "assistant turns in; set training_config.assistant_only_loss=false to learn from whole conversations"
-        ) from None
+        yield
+    finally:
+        tokenizer.chat_template = original
+
+
+def keep_lora_in_fp32(model) -> None:
+    """Under fp16 mixed precision the trainable LoRA weights must be fp32: the gradient scaler refuses fp16
+    gradients, and trl casts a quantized base's adapters to bf16, which a GPU without bf16 only emulates."""
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
 
 
 def _check_liger_can_run() -> None:

@@ -259,6 +259,7 @@ def summary_text(dataset: dict, report: dict, lengths: list[int], max_length: in
                         if over else f"All fit within max length {max_length}."))
     for warning in report["warnings"]:
         lines.append(f"**Warning:** {warning}")
+    lines += [f"*{note}*" for note in report.get("notes", [])]  # how the base model's template takes the data
     if report["ok"]:
         lines.append("**Usable.**")
     elif report["conversations"]:

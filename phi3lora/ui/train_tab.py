@@ -27,7 +27,7 @@ MAIN_FIELDS = ("model.base_model", "training_config.num_train_epochs", "training
                "peft_config.r", "peft_config.lora_alpha", "training_config.max_length")
 FORM_SECTIONS = ("model", "training_config", "peft_config")  # `data` is set on the Data tab
 NOT_IN_FORM = ("model.load_in_4bit",)  # the LoRA / QLoRA choice sets it
-TARGET_CHOICES = [*PHI3_LINEAR_MODULES, PHI3_EMBEDDING_MODULE, "lm_head", "all-linear"]
+TARGET_CHOICES = [*PHI3_LINEAR_MODULES, PHI3_EMBEDDING_MODULE, "all-linear"]
 BASE_MODEL_CHOICES = ["demo", DEFAULT_GPU_MODEL, "microsoft/Phi-3-mini-128k-instruct"]
 
 
