@@ -84,7 +84,8 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return [i for i in dict.fromkeys(ids) if i is not None and i != tokenizer.unk_token_id]
 
 
-def load_base_model(settings: ModelSettings, name_or_path: str) -> PreTrainedModel:
+def load_base_model(settings: ModelSettings, name_or_path: str, on_cpu: bool = False) -> PreTrainedModel:
+    """The base model, on this process's GPU when there is one; `on_cpu` keeps it in RAM (an export's merge)."""
     dtype = resolve_dtype(settings.dtype)
     if settings.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
         raise ModelLoadError("attention 'flash_attention_2' needs the flash-attn package: install it, or choose 'sdpa'")
@@ -106,7 +107,7 @@ def load_base_model(settings: ModelSettings, name_or_path: str) -> PreTrainedMod
             quantization_config=quantization,
             use_safetensors=True,  # never unpickle weights
             trust_remote_code=settings.trust_remote_code,
-            device_map=_device_map(),
+            device_map={"": "cpu"} if on_cpu else _device_map(),
         )
     except (OSError, ValueError, ImportError) as error:
         raise ModelLoadError(f"cannot load base model {name_or_path!r}: {_first_line(error)}") from None

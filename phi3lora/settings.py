@@ -121,6 +121,9 @@ SETTINGS: tuple[Setting, ...] = (
            "visitor who may see the run"),
     Setting("PHI3LORA_CHAT_MEMORY_GB", "float", None, "memory the chat model may take (the GPU-memory guard)",
             "limits", least=0, above=True, default_text="what is free"),
+    Setting("PHI3LORA_GPU_MEMORY_GB", "float", None, "simulate a GPU of this size for the GPU-memory owner "
+            "(tasks/gpu_memory.py): free is this less what its holders reserve; for tests and CPU machines",
+            "limits", least=0, above=True, default_text="the real GPU's (torch.cuda.mem_get_info)"),
     # --- background runs (runs/registry.py, runs/lifecycle.py)
     Setting("PHI3LORA_HOME", "str", "./phi3lora_home", "the data root: runs, uploads and downloads (a storage "
             "bucket's mount on a Space)", "runs"),

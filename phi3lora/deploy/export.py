@@ -5,6 +5,9 @@ Two ways in:
     start_export(run_id)                   in the background, for the app: a merge needs a whole copy of the base in
                                            memory for minutes, so it runs in its own process, never in the web process.
 
+Either way the merge runs on the CPU, in the precision of the run's base (bf16 or fp16 on a GPU machine): it needs
+no GPU memory, so it never competes with training or the chat model for it (tasks/gpu_memory.py).
+
 A background export of a run is a task (tasks/machine.py) in the run folder, one folder per export, holding the
 task's records (queued.json ... exit.json, export.log) and its result:
 
@@ -61,10 +64,13 @@ def merge_and_save(adapter_dir: str | Path, out_dir: str | Path, log: Callable[[
     settings = settings.model_copy(update={"load_in_4bit": False, **({"dtype": dtype} if dtype else {})})
     base = choose_base_model(base_name)
     precision = str(resolve_dtype(settings.dtype)).removeprefix("torch.")
-    log(f"base model: {base}; loading it in {precision}"
+    log(f"base model: {base}; loading it in {precision} on the CPU"
         + (" (a QLoRA adapter merges into the full-precision base, not the 4-bit one)" if method == "qlora" else ""))
     tokenizer = load_tokenizer(base.name_or_path, settings.trust_remote_code)
-    model = load_base_model(settings, base.name_or_path)
+    # On the CPU, whatever the machine has: a merge adds each layer's low-rank update once, which takes seconds
+    # there, and the GPU stays with its owners (tasks/gpu_memory.py: training, chat) instead of needing room for a
+    # whole 16-bit copy of the base (Phi-3-medium: about 28 GB, more than a 24 GB L4).
+    model = load_base_model(settings, base.name_or_path, on_cpu=True)
 
     log(f"merging the adapter in {adapter_dir}")
     model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()

@@ -7,7 +7,8 @@ and what each of them answers.
     evaluation_status(run_id)                              {status: none or a task status, message, log}
     read_evaluation(run_id)                                {summary, rows} once complete, else None
 
-What it computes, with one copy of the base in memory and the run's adapter attached to it:
+What it computes, with one copy of the base in memory and the run's adapter attached to it (in the app, the chat
+model itself when it holds the run's base; else a copy loaded once tasks/gpu_memory.py has made room for it):
   - the loss of the base (the same model under `disable_adapter()`) and of the adapted model on exactly the split
     training held out (the run's dataset snapshot, split with its eval_size and seed), scored as the trainer scores
     eval_loss: trl's tokenization (with assistant_only_loss, its Phi-3 training template's assistant mask: only
@@ -35,9 +36,9 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import data
 from ..runs import registry
@@ -45,10 +46,13 @@ from ..policy.limits import DEFAULT_MAX_NEW_TOKENS
 from .. import settings as env_settings  # "settings" names the training settings here
 from ..config import JobConfig
 from ..errors import UserError
-from ..tasks import machine
+from ..tasks import gpu_memory, machine
 from ..tasks.machine import ACTIVE
 from ..tasks.records import read_record, write_record
 from ..job_builder import load_job
+
+if TYPE_CHECKING:  # the service imports torch; an evaluation is handed one, never imports it
+    from .service import ChatService
 
 NONE = "none"
 ADAPTED = "adapted"  # the adapter's name on the model
@@ -106,12 +110,13 @@ def _check_evaluable(run_id: str) -> None:
 # --- the evaluation -----------------------------------------------------------------------------------------
 
 def evaluate_run(run_id: str, samples: int = DEFAULT_SAMPLES, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                 log: Callable[[str], Any] = print) -> dict[str, Any]:
-    """Evaluate a finished run in this process and write evaluation/; returns the summary."""
+                 log: Callable[[str], Any] = print, chat: ChatService | None = None) -> dict[str, Any]:
+    """Evaluate a finished run in this process and write evaluation/; returns the summary. With `chat` (the app's
+    ChatService), the chat model is used when it is the run's base, instead of a second copy."""
     folder = _begin(run_id, samples, max_new_tokens)
     with _one_at_a_time(run_id), machine.inline(folder, "evaluate", run=run_id, samples=samples,
                                                 max_new_tokens=max_new_tokens):
-        return _evaluate_into(run_id, folder, samples, max_new_tokens, log)
+        return _evaluate_into(run_id, folder, samples, max_new_tokens, log, chat)
 
 
 def _begin(run_id: str, samples: int, max_new_tokens: int) -> Path:
@@ -136,23 +141,17 @@ def _one_at_a_time(run_id: str):
 
 
 def _evaluate_into(run_id: str, folder: Path, samples: int, max_new_tokens: int,
-                   log: Callable[[str], Any]) -> dict[str, Any]:
+                   log: Callable[[str], Any], chat: ChatService | None = None) -> dict[str, Any]:
     from .model_thread import on_model_thread
-    from .engine import SideBySide
 
     started = time.time()
     config, conversations = eval_split(run_id)
     path = registry.run_dir(run_id)
-    log(f"run {run_id}: {len(conversations)} eval conversations; loading {config.model.base_model} with its adapter")
-    model = SideBySide(config.model.base_model, config.model)
-    model.add_adapter(ADAPTED, path)
-    try:
+    with _model_with_adapter(run_id, config, chat, log) as (model, adapter):
         base_loss, adapted_loss, tokens = on_model_thread(eval_losses, model.model, model.tokenizer, conversations,
-                                                          config)
+                                                          config, adapter)
         log(f"loss over {tokens} tokens: base {base_loss:.4f}, adapted {adapted_loss:.4f}")
-        rows = sample_answers(model, conversations[:samples], max_new_tokens)
-    finally:
-        model.release()
+        rows = sample_answers(model, conversations[:samples], max_new_tokens, adapter)
     write_samples(folder / "samples.csv", rows)
     summary = {
         "run_id": run_id,
@@ -168,6 +167,35 @@ def _evaluate_into(run_id: str, folder: Path, samples: int, max_new_tokens: int,
     write_record(folder / "summary.json", summary)
     log(f"done in {summary['seconds']:.0f}s: {folder}")
     return summary
+
+
+@contextmanager
+def _model_with_adapter(run_id: str, config: JobConfig, chat: ChatService | None, log: Callable[[str], Any]):
+    """(a SideBySide, the run adapter's name on it): the chat model when it holds the run's base with the same
+    settings (no second copy in memory), else a copy of our own, loaded once the GPU's owner (tasks/gpu_memory.py)
+    has made room, and held in its ledger while in use."""
+    from .engine import SideBySide
+    from ..modeling import choose_base_model
+
+    with chat.lend(chat.resolve([f"run:{run_id}"])[0]) if chat is not None else nullcontext() as lent:
+        if lent is not None:
+            log(f"run {run_id}: evaluating on the chat model already in memory")
+            yield lent
+            return
+    base = choose_base_model(config.model.base_model).name_or_path
+    need = gpu_memory.gpu_request("evaluate", f"the evaluation of run {run_id}", base, config.model.dtype,
+                                  config.model.load_in_4bit)
+    on_gpu = gpu_memory.device_memory() is not None
+    if on_gpu:
+        gpu_memory.make_room(need["bytes"], need["what"])
+    log(f"run {run_id}: loading {config.model.base_model} with its adapter")
+    model = SideBySide(config.model.base_model, config.model)
+    try:
+        with gpu_memory.hold("evaluate", need["what"], need["bytes"]) if on_gpu else nullcontext():
+            model.add_adapter(ADAPTED, registry.run_dir(run_id))
+            yield model, ADAPTED
+    finally:
+        model.release()
 
 
 def perplexity(loss: float) -> float:
@@ -197,11 +225,15 @@ def tokenize_for_loss(tokenizer, conversations: list[data.Conversation], config:
 
 
 def eval_losses(model, tokenizer, conversations: list[data.Conversation],
-                config: JobConfig) -> tuple[float, float, int]:
-    """(base loss, adapted loss, scored tokens): token-weighted mean losses of the split, batched as in evaluation."""
+                config: JobConfig, adapter: str = ADAPTED) -> tuple[float, float, int]:
+    """(base loss, adapted loss, scored tokens): token-weighted mean losses of the split, batched as in evaluation.
+    `adapter` names the run's adapter on `model` (the chat model may hold others)."""
     import torch
     from trl.trainer import add_fused_lm_head
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    if model.active_adapter != adapter:
+        model.set_adapter(adapter, inference_mode=True)
 
     # trl's fused LM head scores the labels without materialising (batch, length, vocab) logits, as in training;
     # a forward without fused_lm_head=True (generate) stays the original one.
@@ -228,7 +260,8 @@ def eval_losses(model, tokenizer, conversations: list[data.Conversation],
     return base_sum / tokens, adapted_sum / tokens, tokens
 
 
-def sample_answers(side_by_side, conversations: list[data.Conversation], max_new_tokens: int) -> list[dict[str, str]]:
+def sample_answers(side_by_side, conversations: list[data.Conversation], max_new_tokens: int,
+                   adapter: str = ADAPTED) -> list[dict[str, str]]:
     """Greedy answers of base and adapted to each conversation's last user turn (history and system message kept)."""
     from .engine import BASE
 
@@ -236,7 +269,7 @@ def sample_answers(side_by_side, conversations: list[data.Conversation], max_new
     for start in range(0, len(conversations), GENERATE_BATCH):
         chunk = conversations[start:start + GENERATE_BATCH]
         prompts = [_before_last_answer(c.messages) for c in chunk]
-        texts = side_by_side.generate([BASE, ADAPTED] * len(chunk), [p for p in prompts for _ in range(2)],
+        texts = side_by_side.generate([BASE, adapter] * len(chunk), [p for p in prompts for _ in range(2)],
                                       max_new_tokens)
         for conversation, prompt, base, adapted in zip(chunk, prompts, texts[0::2], texts[1::2]):
             rows.append({"prompt": prompt[-1]["content"], "reference": conversation.messages[-1]["content"],

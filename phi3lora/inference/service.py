@@ -7,7 +7,9 @@
 
 Adapters come from finished runs (completed or cancelled), from an uploaded adapter zip, or from the hub.
 `ChatService` keeps at most one base model loaded (a `SideBySide`), loads it only when a chat asks for it,
-refuses to load it when memory is short (training may hold the GPU), and drops it when released or idle.
+refuses to load it when memory is short (naming who holds the GPU), and drops it when released, when idle, or
+when another user of the GPU asks for it (tasks/gpu_memory.py: a training run, an evaluation of another base); it
+lends it to an evaluation of the same base (`lend`).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,15 +34,15 @@ from ..policy.allowed_models import BaseModelNotAllowed
 from .adapters import BASE, AdapterError, adapter_settings
 from ..config import ModelSettings
 from ..errors import UserError
-from ..modeling import DEFAULT_GPU_MODEL, choose_base_model, resolve_dtype
+from ..modeling import choose_base_model
 from .engine import SideBySide
-from ..tasks import machine
+from ..tasks import gpu_memory, machine
 
 BASE_COLUMN = "base"
 ADAPTER_ZIP_MEMBERS = adapter_zip.ADAPTER_FILES  # all we ever extract or fetch
 LOCAL_UPLOADER = "local"  # whose uploads they are when no visitor is named (the CLI, tests)
 HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
-KNOWN_PARAMETERS = {DEFAULT_GPU_MODEL: 3.82e9, "microsoft/Phi-3-mini-128k-instruct": 3.82e9}
+RELEASE_POLL_SECONDS = 1.0  # how often a loaded model looks for a release request (tasks/gpu_memory.py)
 
 
 class ChatMemoryError(UserError, MemoryError):
@@ -126,47 +129,36 @@ def _hub_sizes(api, repo_id: str) -> dict[str, int]:
 
 # --- memory --------------------------------------------------------------------------------------------------
 
-def estimated_model_bytes(name_or_path: str, settings: ModelSettings) -> int | None:
-    """Roughly what the base weights take once loaded, or None when it cannot be told."""
-    folder = Path(name_or_path)
-    if folder.is_dir():
-        stored = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
-        parameters = stored / 2  # Phi-3 checkpoints (and ours) are stored in 16-bit
-    elif name_or_path in KNOWN_PARAMETERS:
-        parameters = KNOWN_PARAMETERS[name_or_path]
-    else:
-        return None
-    bytes_per_parameter = 0.55 if settings.load_in_4bit else torch.finfo(resolve_dtype(settings.dtype)).bits / 8
-    return int(parameters * bytes_per_parameter)
-
-
 def free_memory() -> tuple[int, str]:
-    """(bytes free, where) on the device the chat model would load on; $PHI3LORA_CHAT_MEMORY_GB caps it."""
-    if torch.cuda.is_available():
-        free, where = torch.cuda.mem_get_info()[0], "GPU"
-    else:
-        free, where = psutil.virtual_memory().available, "CPU"
+    """(bytes free, where) on the device the chat model would load on; $PHI3LORA_CHAT_MEMORY_GB caps it. A GPU's
+    free memory is the GPU-memory owner's (tasks/gpu_memory.py), so a simulated one counts too."""
+    gpu = gpu_memory.device_memory()
+    free, where = (gpu[0], "GPU") if gpu is not None else (psutil.virtual_memory().available, "CPU")
     cap = env_settings.get_float("PHI3LORA_CHAT_MEMORY_GB")
     if cap is not None:
         free = min(free, int(cap * 1024**3))
     return free, where
 
 
-def check_memory(name_or_path: str, settings: ModelSettings) -> None:
-    needed = estimated_model_bytes(name_or_path, settings)
-    if needed is None:
-        return
-    needed = int(needed * 1.2)  # activations and the KV cache of a few short answers
+def check_memory(name_or_path: str, settings: ModelSettings) -> int | None:
+    """Refuse to load the chat model where it would not fit, naming what holds the memory; returns the bytes it
+    reserves (weights, activations and the KV cache of a few short answers), None when its size is unknown."""
+    weights = gpu_memory.model_bytes(name_or_path, settings.dtype, settings.load_in_4bit)
+    if weights is None:
+        return None
+    needed = int(weights * gpu_memory.HEADROOM["chat"])
     free, where = free_memory()
     if needed <= free:
-        return
-    training = any(info.status == machine.RUNNING for info in lifecycle.list_runs())
+        return needed
+    holders = gpu_memory.holders() if where == "GPU" else []
+    training = any(h.kind == "train" for h in holders)
     hint = ("wait for the training run to finish" if training else "free some memory") + (
         ", or load the base in 4-bit (the \"4-bit base\" box)" if not settings.load_in_4bit else "")
+    held = "; ".join(h.describe() for h in holders)
     raise ChatMemoryError(
         f"Not enough {where} memory to load {Path(name_or_path).name} for chat: it needs about "
         f"{needed / 1024**3:.2f} GB and {free / 1024**3:.2f} GB is free"
-        + (" (a training run is using it)" if training else "") + f". Try again later: {hint}.")
+        + (f" (held by {held})" if held else "") + f". Try again later: {hint}.")
 
 
 # --- one comparison, for the CLI -----------------------------------------------------------------------------
@@ -203,6 +195,7 @@ class ChatService:
         self._last_used = time.monotonic()
         self._busy = 0
         self._watcher: threading.Thread | None = None
+        self._hold: gpu_memory.Hold | None = None  # its record in the GPU-memory ledger while a model is loaded
 
     # ---- resolving what the UI asked for
     def resolve(self, refs: list[str], extra: dict[str, AdapterChoice] | None = None) -> list[AdapterChoice]:
@@ -236,6 +229,9 @@ class ChatService:
         with self._lock:
             engine, self._engine, self._key = self._engine, None, None
             self._attached = {}
+            hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.end()
         if engine is None:
             return False
         was_loaded = engine.loaded
@@ -244,29 +240,62 @@ class ChatService:
         return was_loaded
 
     def _engine_for(self, adapters: list[AdapterChoice], load_in_4bit: bool) -> SideBySide:
-        bases = {_base_of(choice) for choice in adapters} or {choose_base_model(None).name_or_path}
-        if len(bases) > 1:
-            raise AdapterError("these adapters were trained on different base models ("
-                               + ", ".join(sorted(Path(b).name for b in bases)) + "): compare adapters of one base")
-        base = bases.pop()
-        settings = (adapters[0].settings if adapters else ModelSettings()).model_copy(
-            update={"base_model": base,
-                    "load_in_4bit": bool(load_in_4bit or (adapters and adapters[0].settings.load_in_4bit))})
-        key = (base, settings.model_dump_json())
+        base, settings, key = _model_key(adapters, load_in_4bit)
         with self._lock:
             if self._key != key:
                 self.release()
                 self._engine, self._key = SideBySide(base, settings), key
             engine = self._engine
             if not engine.loaded:
-                check_memory(base, settings)
-            for choice in adapters:
-                if choice.adapter_name not in self._attached:
-                    engine.add_adapter(choice.adapter_name, choice.path)
-                    self._attached[choice.adapter_name] = choice.ref
+                reserved = check_memory(base, settings)
+                self._hold_gpu(f"the chat model ({Path(base).name}, in the web app's Compare tab)", reserved)
+            self._attach(engine, adapters)
             self._last_used = time.monotonic()
             self._start_idle_watch()
             return engine
+
+    def _attach(self, engine: SideBySide, adapters: list[AdapterChoice]) -> None:
+        for choice in adapters:
+            if choice.adapter_name not in self._attached:
+                engine.add_adapter(choice.adapter_name, choice.path)
+                self._attached[choice.adapter_name] = choice.ref
+
+    def _hold_gpu(self, what: str, reserved: int | None) -> None:
+        """Record the model in the GPU-memory ledger (where there is a GPU to share), releasable when idle."""
+        if self._hold is not None:
+            self._hold.end()
+            self._hold = None
+        if gpu_memory.device_memory() is not None:
+            self._hold = gpu_memory.hold("chat", what, reserved, releasable=True)
+
+    @contextmanager
+    def lend(self, choice: AdapterChoice) -> Iterator[tuple[SideBySide, str] | None]:
+        """The model in memory with `choice`'s adapter attached, as (engine, adapter name), when it is loaded on the
+        base `choice` needs with the same settings (an evaluation then needs no second copy); else None. Not
+        released while lent."""
+        *_, key = _model_key([choice], load_in_4bit=False)
+        with self._lock:
+            lent = self._engine if self._engine is not None and self._engine.loaded and self._key == key else None
+            if lent is not None:
+                self._attach(lent, [choice])
+                self._busy += 1
+        try:
+            yield (lent, choice.adapter_name) if lent is not None else None
+        finally:
+            if lent is not None:
+                with self._lock:
+                    self._busy -= 1
+                    self._last_used = time.monotonic()
+                self._release_if_asked()
+
+    def _release_if_asked(self) -> bool:
+        """Let go of the model when another user of the GPU asked for it (tasks/gpu_memory.py) and no answer is
+        being generated; returns whether it did."""
+        with self._lock:
+            if self._busy or self._hold is None or not self._hold.release_requested():
+                return False
+            self.release()
+            return True
 
     def _start_idle_watch(self) -> None:
         if self._watcher is None or not self._watcher.is_alive():
@@ -275,7 +304,9 @@ class ChatService:
 
     def _release_when_idle(self) -> None:
         while True:
-            time.sleep(min(30.0, idle_seconds() / 4))
+            time.sleep(min(RELEASE_POLL_SECONDS, idle_seconds() / 4))
+            if self._release_if_asked():
+                return
             with self._lock:
                 if self._engine is None:
                     return
@@ -301,12 +332,28 @@ class ChatService:
             yield from engine.stream(routed, conversations, limit_prompt=True, **sampling)
         except torch.OutOfMemoryError:
             self.release()
-            raise ChatMemoryError("Out of memory while generating: the chat model was released to free it. Try "
-                                  "fewer columns, fewer new tokens, or the 4-bit base.") from None
+            others = gpu_memory.others_text(exclude_pid=os.getpid())
+            raise ChatMemoryError("Out of memory while generating: the chat model was released to free it"
+                                  + (f" (the GPU is also held by {others})" if others else "")
+                                  + ". Try fewer columns, fewer new tokens, or the 4-bit base.") from None
         finally:
             with self._lock:
                 self._busy -= 1
                 self._last_used = time.monotonic()
+            self._release_if_asked()  # a run that waits for the GPU need not wait for the idle timer
+
+
+def _model_key(adapters: list[AdapterChoice], load_in_4bit: bool) -> tuple[str, ModelSettings, tuple]:
+    """(base, load settings, key) of the model these adapters need; one key, one model in memory."""
+    bases = {_base_of(choice) for choice in adapters} or {choose_base_model(None).name_or_path}
+    if len(bases) > 1:
+        raise AdapterError("these adapters were trained on different base models ("
+                           + ", ".join(sorted(Path(b).name for b in bases)) + "): compare adapters of one base")
+    base = bases.pop()
+    settings = (adapters[0].settings if adapters else ModelSettings()).model_copy(
+        update={"base_model": base,
+                "load_in_4bit": bool(load_in_4bit or (adapters and adapters[0].settings.load_in_4bit))})
+    return base, settings, (base, settings.model_dump_json())
 
 
 def _base_of(choice: AdapterChoice) -> str:

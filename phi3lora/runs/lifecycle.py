@@ -17,12 +17,13 @@ from . import registry
 from ..policy.allowed_models import remote_code_allowed
 from ..config import JobConfig
 from ..errors import UserError
-from ..tasks import launch, machine, queue
+from ..tasks import gpu_memory, launch, machine, queue
 from ..tasks.machine import ACTIVE, FINISHED, RUNNING
 from ..tasks.records import log_tail as read_log_tail, read_record, write_record
 from ..job_builder import load_job
 
 POLL_SECONDS = 0.5
+START_WAIT_SECONDS = 15.0  # how long starting a run waits for a busy chat model to finish its answer and let go
 
 
 class RunStateError(UserError, RuntimeError):
@@ -124,6 +125,7 @@ def start_run(config: JobConfig, owner: str | None = None, processes: int | None
 
     config, _ = resolve_job(config)  # the YAML holds every setting the run will use, model defaults included
     _check_limits(config, owner)  # the record limit: read_dataset stops reading past it
+    _ask_for_the_gpu(config, f"a training run of {Path(config.model.base_model or 'the default base').name}")
 
     run_id = registry.new_run_id()
     path = registry.runs_root() / run_id
@@ -177,6 +179,7 @@ def resume_run(run_id: str) -> None:
     first = read_record(registry.attempt_dirs(path)[0] / "queued.json") if registry.attempt_dirs(path) else None
     processes, accelerate_config = (first or {}).get("processes"), (first or {}).get("accelerate_config")
     _check_launch(load_job(path / "config.yaml"), processes, accelerate_config)  # a package may have gone since
+    _ask_for_the_gpu(load_job(path / "config.yaml"), f"training run {run_id}")
     _queue_attempt(path, resume=True, processes=processes, accelerate_config=accelerate_config)
 
 
@@ -232,7 +235,23 @@ def _check_launch(config: JobConfig, processes: int | None, accelerate_config: s
 
 def _queue_attempt(path: Path, resume: bool, processes: int | None = None, accelerate_config: str | None = None) -> Path:
     attempt = path / "attempts" / str(len(registry.attempt_dirs(path)) + 1)
-    distributed = load_job(path / "config.yaml").training_config.distributed
-    machine.submit(attempt, "train", run=path.name, resume=resume, distributed=distributed, processes=processes,
-                   accelerate_config=accelerate_config)
+    config = load_job(path / "config.yaml")
+    machine.submit(attempt, "train", run=path.name, resume=resume, distributed=config.training_config.distributed,
+                   processes=processes, accelerate_config=accelerate_config,
+                   gpu=_gpu_need(config, f"training run {path.name}"))  # its body asks the GPU's owner with it
     return attempt
+
+
+def _gpu_need(config: JobConfig, what: str) -> dict:
+    from ..modeling import choose_base_model  # here, not at the top: it imports torch
+
+    base = choose_base_model(config.model.base_model).name_or_path
+    return gpu_memory.gpu_request("train", what, base, config.model.dtype, config.model.load_in_4bit)
+
+
+def _ask_for_the_gpu(config: JobConfig, what: str) -> None:
+    """Ask the GPU's owner (tasks/gpu_memory.py) at the start, so that a refusal comes at once: an idle chat model
+    lets go, a busy one or an evaluation is named. Only when someone holds the GPU (else there is nothing to ask)
+    and no run is ahead in the GPU queue (else this run waits its turn, and its body asks then)."""
+    if gpu_memory.holders() and not any(info.status in ACTIVE for info in list_runs()):
+        gpu_memory.make_room(_gpu_need(config, what)["bytes"], what, wait_seconds=START_WAIT_SECONDS)

@@ -25,7 +25,15 @@ class TaskFailed(UserError, RuntimeError):
 
 
 def out_of_memory(detail: str, retry: str) -> str:
-    return f"out of memory ({detail[:200]}): {OOM_HINT}; then {retry}"
+    """The sentence for an out-of-memory failure; it names whatever else held the GPU then (gpu_memory.py)."""
+    from .gpu_memory import others_text  # here: the ledger is read only when a task ran out of memory
+
+    try:
+        others = others_text(exclude_pid=os.getpid())
+    except (OSError, KeyError, TypeError):  # a sentence about the failure must not fail itself
+        others = ""
+    held = f"; the GPU was also held by {others}" if others else ""
+    return f"out of memory ({detail[:200]}){held}: {OOM_HINT}; then {retry}"
 
 
 def disk_full(cause: str, what: str, retry: str) -> str:

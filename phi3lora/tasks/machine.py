@@ -19,6 +19,9 @@ A task folder:
     outcome.json     how the work ended, as the body saw it (body)
     exit.json        the final word: status, reason, exit code (supervisor)
 
+A request may carry "gpu" (tasks/gpu_memory.py gpu_request): the body then asks the GPU's owner for that much
+room before its work starts (an idle chat model lets go) and holds it in the owner's ledger until it ends.
+
 Statuses, the same for every kind: queued, running, completed, failed, cancelled, interrupted (its processes
 vanished without a final word: the machine or the app restarted).
 """
@@ -35,7 +38,7 @@ from typing import Any, Iterator
 
 from .. import settings
 from ..errors import UserError
-from . import failures, launch, queue
+from . import failures, gpu_memory, launch, queue
 from .kinds import KINDS, Kind
 from .processes import is_alive, kill_process_tree, process_identity, start_detached
 from .records import is_recent, log_tail, read_record, write_record
@@ -234,7 +237,8 @@ def run_body(folder: Path) -> int:
     request = read_record(folder / "queued.json")
     kind = KINDS[request["kind"]]
     try:
-        ending = kind.load_body()(folder, request) or (COMPLETED, None)
+        with _holding_the_gpu(request.get("gpu")):
+            ending = kind.load_body()(folder, request) or (COMPLETED, None)
     except BaseException as error:
         if not isinstance(error, UserError):
             import traceback
@@ -246,6 +250,18 @@ def run_body(folder: Path) -> int:
         return 1
     _outcome(folder, *ending)
     return 0
+
+
+@contextmanager
+def _holding_the_gpu(need: dict[str, Any] | None) -> Iterator[None]:
+    """A request's "gpu" entry (gpu_memory.gpu_request): ask the GPU's owner for room (an idle chat model lets go),
+    then hold it in the ledger while the body runs. Under accelerate, local rank 0 asks for its machine."""
+    if not need or int(os.environ.get("LOCAL_RANK", "0")) != 0 or gpu_memory.device_memory() is None:
+        yield
+        return
+    gpu_memory.make_room(need["bytes"], need["what"])
+    with gpu_memory.hold(need["kind"], need["what"], need["bytes"]):
+        yield
 
 
 def _outcome(folder: Path, status: str, reason: str | None) -> None:

@@ -9,9 +9,11 @@ import gradio as gr
 import pandas as pd
 
 from ..inference import evaluation
+from ..inference.service import ChatService
 from ..tasks import machine
 from .common import download_path, shows_errors
 from .downloads import offer
+from .state import handler
 from .visitors import require_run
 
 
@@ -43,22 +45,22 @@ def build() -> EvaluationTab:
     return EvaluationTab(run, samples, start_button, summary, table, csv_file, timer)
 
 
-def wire(held_out: EvaluationTab) -> None:
+def wire(held_out: EvaluationTab, chat: ChatService) -> None:
     private = {"api_visibility": "private"}
     shown = [held_out.summary, held_out.table, held_out.csv_file, held_out.timer]
     held_out.run.change(show_evaluation, [held_out.run], shown, **private)
-    held_out.start_button.click(start_evaluation, [held_out.run, held_out.samples], shown, **private)
+    held_out.start_button.click(handler(start_evaluation, chat), [held_out.run, held_out.samples], shown, **private)
     held_out.timer.tick(show_evaluation, [held_out.run], shown, show_progress="hidden", **private)
 
 
 @shows_errors
-def start_evaluation(run_id: str | None, samples: float | None, request: gr.Request):
+def start_evaluation(chat: ChatService | None, run_id: str | None, samples: float | None, request: gr.Request):
     require_run(request, run_id, "evaluate")
     samples = int(samples or 0)
     if evaluation.should_run_in_background(run_id):
         evaluation.start_evaluation(run_id, samples)
     else:
-        evaluation.evaluate_run(run_id, samples, log=lambda *_: None)
+        evaluation.evaluate_run(run_id, samples, log=lambda *_: None, chat=chat)  # on the chat model if it fits
     return show_evaluation(run_id, request)
 
 

@@ -151,7 +151,7 @@ def wire(tab: CompareTab, tab_item: gr.Tab, state: AppState) -> None:
     tab.release_button.click(handler(release, state.chat), None, [tab.model_status], **private)
 
     compare_blind.wire(tab.blind, state.chat, tab.added, tab.system, tab.sampling_inputs())
-    compare_eval.wire(tab.evaluation)
+    compare_eval.wire(tab.evaluation, state.chat)
 
 
 def add_api(state: AppState) -> None:

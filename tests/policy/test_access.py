@@ -66,7 +66,7 @@ def test_handlers_refuse_another_users_run_as_if_it_did_not_exist(space):
     for handler, args in [(runs_tab.delete, (run_id,)), (runs_tab.start_export, (run_id,)),
                           (runs_tab.adapter_zip, (run_id,)), (runs_tab.overlay, ([run_id],)),
                           (train_tab.run_status, (run_id,)), (train_tab.cancel_training, (run_id,)),
-                          (compare_eval.start_evaluation, (run_id, 2))]:
+                          (compare_eval.start_evaluation, (None, run_id, 2))]:
         with pytest.raises(gr.Error, match=f"no run {run_id}"):
             handler(*args, request=request("bob"))
     assert lifecycle.run_info(run_id).adapter  # still there
