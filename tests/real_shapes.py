@@ -135,7 +135,10 @@ def write_model_folder(folder: str | Path, family: str, layers: int = 1, chat_te
 
     if weights_from is not None:
         for weights in Path(weights_from).glob("model*.safetensors*"):
-            os.link(weights, folder / weights.name)
+            try:
+                os.link(weights, folder / weights.name)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(weights, folder / weights.name)
         return folder
     tiles = _RandomTiles(torch.bfloat16)
     metadata = {"format": "pt"}

@@ -49,11 +49,11 @@ RANK = 16  # peft_config.r's default
 @pytest.fixture(autouse=True)
 def measured(tmp_path, capsys):
     """Wall time and peak resident memory of this test's processes: this one, and every process whose command line
-    names the test's folder (the training body, the CLI processes), sampled four times a second."""
+    names the test's folder (the training body, the CLI processes), sampled twice a second."""
     me, peak, stop = psutil.Process(), [0], threading.Event()
 
     def sample():
-        while not stop.wait(0.25):
+        while not stop.wait(0.5):
             total = me.memory_info().rss
             for process in psutil.process_iter(["cmdline", "memory_info"]):
                 if process.pid != me.pid and str(tmp_path) in " ".join(process.info["cmdline"] or ()):
