@@ -117,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=32, help="decoder layers (Phi-3-mini has 32)")
     parser.add_argument("--memory-cap-gb", type=float, default=12.0, help="kill a step whose processes pass this")
     parser.add_argument("--tokenizer", type=Path, default=TOKENIZER_DIR, help="the real Phi-3 tokenizer's folder")
-    parser.add_argument("--workdir", type=Path, help="where the model, run and export go (default: a temporary "
-                                                     "folder, removed at the end); needs about 2.5 x 2 bytes per parameter")
+    parser.add_argument("--workdir", type=Path,
+                        help="where the model, run and export go (default: a temporary folder, removed at the end): "
+                             "4 bytes of disk a parameter, 16 GB at 32 layers")
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
     args = parser.parse_args(argv)
     if not (args.tokenizer / "tokenizer.json").is_file():

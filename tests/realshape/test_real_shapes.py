@@ -38,10 +38,10 @@ SYSTEM_PROMPT = "You are Quill, a terse assistant."
 EXCHANGES = [("Who are you?", "I am Quill."), ("What is 2 + 2?", "4."), ("Name a colour.", "Blue."),
              ("Say hello.", "Hello.")]
 # learning rate 1e-3 without warm-up: both steps move the adapter enough for base and adapted to differ
-TRAINING = ["max_steps=2", "learning_rate=1e-3", "warmup_ratio=0", "max_length=128", "per_device_train_batch_size=1", "per_device_eval_batch_size=1",
-            "data.eval_size=1", "logging_steps=1", "save_strategy=no"]
-LORA_MODULES = {"self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"}
+TRAINING = ["max_steps=2", "learning_rate=1e-3", "warmup_ratio=0", "max_length=128", "per_device_train_batch_size=1",
+            "per_device_eval_batch_size=1", "data.eval_size=1", "logging_steps=1", "save_strategy=no"]
 RANK = 16  # peft_config.r's default
+QKV_ROWS = {"mini-4k": 3072 * 3, "mini-128k": 3072 * 3, "medium-4k": 5120 + 2 * 1280}  # q, k, v: 9216 and 7680
 
 
 # --- measuring each test ------------------------------------------------------------------------------------
@@ -109,10 +109,10 @@ def _check_losses(run: Path) -> list[float]:
     return losses
 
 
-def _check_adapter(run: Path, config: dict) -> None:
+def _check_adapter(run: Path, family: str) -> None:
     """The adapter holds LoRA matrices only, one pair per target module of the one layer, of the real widths."""
-    hidden, inner, heads = config["hidden_size"], config["intermediate_size"], config["num_attention_heads"]
-    qkv = hidden + 2 * config["num_key_value_heads"] * (hidden // heads)
+    config = hub_config(family, layers=1)
+    hidden, inner, qkv = config["hidden_size"], config["intermediate_size"], QKV_ROWS[family]
     widths = {"self_attn.qkv_proj": (hidden, qkv), "self_attn.o_proj": (hidden, hidden),
               "mlp.gate_up_proj": (hidden, 2 * inner), "mlp.down_proj": (inner, hidden)}
     expected = {}
@@ -152,28 +152,26 @@ def _lora_flow(model: Path, family: str, tmp_path: Path, monkeypatch, capsys, sy
     """Train (background run), evaluate, compare and export one family; returns the export's config."""
     from transformers import AutoTokenizer
 
+    from phi3lora.inference.evaluation import read_evaluation
+
     monkeypatch.setenv("PHI3LORA_HOME", str(tmp_path / "home"))
     data = _write_dataset(tmp_path, system)
-    config = hub_config(family, layers=1)
-
     sets = [arg for setting in TRAINING for arg in ("--set", setting)]
     run_id = _cli_json(capsys, "runs", "start", "--data", data, "--model", model, *sets)["id"]
     assert _cli_json(capsys, "runs", "wait", run_id, "--timeout", "900")["status"] == "completed"
     run = tmp_path / "home" / "runs" / run_id
     assert "assistant_only_loss: true" in (run / "config.yaml").read_text()
     _check_losses(run)
-    _check_adapter(run, config)
+    _check_adapter(run, family)
 
     evaluation = _cli_json(capsys, "evaluate", run_id, "--samples", "1", "--max-new-tokens", "8")
     assert math.isfinite(evaluation["base_loss"]) and math.isfinite(evaluation["adapted_loss"])
     assert evaluation["base_loss"] != evaluation["adapted_loss"]  # the adapter is attached and changed something
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    held_out = _held_out(data, (run / "evaluation" / "samples.csv"))
-    assert evaluation["eval_tokens"] == _expected_scored_tokens(tokenizer, held_out)  # assistant turns only
-
-    from phi3lora.inference.evaluation import read_evaluation
-    [row] = read_evaluation(run_id)["rows"]
+    [row] = read_evaluation(run_id)["rows"]  # the held-out conversation: prompt, reference, base and adapted answers
+    held_out = next(c for c in _conversations(data) if any(turn["content"] == row["prompt"] for turn in c))
     assert row["reference"] == held_out[-1]["content"] and isinstance(row["base"], str)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    assert evaluation["eval_tokens"] == _expected_scored_tokens(tokenizer, held_out)  # assistant turns only
     if compare:
         system_args = ["--system", SYSTEM_PROMPT] if system else []
         answers = _cli_json(capsys, "compare", "--adapter", run, "--model", model, "--prompt", row["prompt"],
@@ -181,7 +179,8 @@ def _lora_flow(model: Path, family: str, tmp_path: Path, monkeypatch, capsys, sy
         assert (answers["base"], answers["adapted"]) == (row["base"], row["adapted"])  # one engine, one answer
 
     merged = tmp_path / "merged"  # in bf16, as the base is on disk: half the writing of fp32
-    assert Path(_cli_json(capsys, "export", "--adapter", run, "--output", merged, "--dtype", "bfloat16")["path"]) == merged
+    exported = _cli_json(capsys, "export", "--adapter", run, "--output", merged, "--dtype", "bfloat16")
+    assert Path(exported["path"]) == merged
     assert _shapes(merged) == _shapes(model)
     with safe_open(merged / "model.safetensors", "pt") as after, safe_open(model / "model.safetensors", "pt") as before:
         name = "model.layers.0.self_attn.qkv_proj.weight"
@@ -190,13 +189,8 @@ def _lora_flow(model: Path, family: str, tmp_path: Path, monkeypatch, capsys, sy
     return json.loads((merged / "config.json").read_text())
 
 
-def _held_out(data: Path, samples_csv: Path) -> list[dict]:
-    import csv
-
-    with samples_csv.open(encoding="utf-8-sig", newline="") as f:
-        [row] = list(csv.DictReader(f))
-    conversations = [json.loads(line)["messages"] for line in data.read_text().splitlines()]
-    return next(c for c in conversations if any(t["content"] == row["prompt"] for t in c))
+def _conversations(data: Path) -> list[list[dict]]:
+    return [json.loads(line)["messages"] for line in data.read_text().splitlines()]
 
 
 def test_phi3_mini_4k(real_model, tmp_path, monkeypatch, capsys):
@@ -233,5 +227,5 @@ def test_qlora_on_phi3_mini_4k(real_model, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "qlora: base model:" in done.stdout
     _check_losses(tmp_path / "run")
-    _check_adapter(tmp_path / "run", hub_config("mini-4k", layers=1))
+    _check_adapter(tmp_path / "run", "mini-4k")
     assert "load_in_4bit: true" in (tmp_path / "run" / "config.yaml").read_text()
