@@ -176,15 +176,12 @@ def phi3_5_chat_template() -> str:
     return template
 
 
-def medium_chat_template() -> str | None:
-    """Phi-3-medium's own chat template, which has no system role, once branch `preflight` brings it with
-    tests/phi3_templates.py and makes the trainer take such templates; None until then (medium then uses the
-    tokenizer's own, Phi-3-mini's)."""
-    try:
-        import phi3_templates
-    except ImportError:
-        return None
-    return phi3_templates.PHI3_MEDIUM
+def medium_chat_template() -> str:
+    """Phi-3-medium's chat template's shape: no system role, `<|assistant|>` after every user turn
+    (tests/phi3_templates.py)."""
+    from phi3_templates import WITHOUT_SYSTEM_ROLE
+
+    return WITHOUT_SYSTEM_ROLE
 
 
 # --- the session fixture --------------------------------------------------------------------------------------
@@ -193,7 +190,7 @@ def medium_chat_template() -> str | None:
 _BUILDS = {
     "mini-4k": ("mini-4k", None, None),
     "phi3.5-mini": ("mini-128k", "phi3.5", "mini-4k"),  # Phi-3.5-mini: 128k longrope and its own template
-    "medium-4k": ("medium-4k", "medium", None),
+    "medium-4k": ("medium-4k", "medium", None),  # with Phi-3-medium's template, which has no system role
 }
 _TEMPLATES = {None: lambda: None, "phi3.5": phi3_5_chat_template, "medium": medium_chat_template}
 
