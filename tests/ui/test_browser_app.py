@@ -51,6 +51,8 @@ def test_upload_train_and_download_the_adapter_in_the_browser(tmp_path):
         page.get_by_text("Advanced settings").click()
         batch = page.get_by_label("per device train batch size", exact=True)
         batch.fill("2")
+        batch.press("Tab")  # and leaves it, as a person does: once, under load, the base-model event saw the default
+        expect(batch).to_have_value("2")
         choose(page, "base model", "demo")
         expect(batch).to_have_value("2")  # a value typed in the form survives a change of base model
         batch.fill("4")
