@@ -10,7 +10,7 @@ One flow per family through the commands a user runs, the adapter trained once a
   compare                  the same answers through the compare command, which must agree with evaluate's (on
                            mini only: evaluate's answers come from the same engine, and each load costs seconds)
   export --adapter         the adapter merged into the base: the base's shapes, the rope settings kept
-and QLoRA (4-bit NF4, bitsandbytes on the CPU) on Phi-3-mini-4k with `python -m phi3lora train`.
+and QLoRA (4-bit NF4, bitsandbytes on the CPU) on Phi-3-mini-4k and Phi-3-medium-4k with `python -m phi3lora train`.
 
 compare, evaluate and export run in this process through the CLI's main (the function `python -m phi3lora` calls),
 one after the other, so torch and trl are imported once and only one model is in memory at a time; training runs
@@ -219,14 +219,16 @@ def test_phi3_medium_4k(real_model, tmp_path, monkeypatch, capsys):
     assert (exported["num_attention_heads"], exported["num_key_value_heads"]) == (40, 10)
 
 
-def test_qlora_on_phi3_mini_4k(real_model, tmp_path):
-    """QLoRA in the foreground (`python -m phi3lora train --method qlora`): the base in 4-bit NF4 on the CPU."""
-    model = real_model("mini-4k")
+@pytest.mark.parametrize("family", ["mini-4k", "medium-4k"])  # Phi-3.5-mini has mini's widths: nothing new in 4 bits
+def test_qlora_on_real_widths(real_model, tmp_path, family):
+    """QLoRA in the foreground (`python -m phi3lora train --method qlora`): the base in 4-bit NF4 on the CPU, at
+    mini's widths and at medium's (grouped key-value heads, and its template without a system role)."""
+    model = real_model(family)
     data = _write_dataset(tmp_path, system=True)
     sets = [arg for setting in [*TRAINING, "data.eval_size=0"] for arg in ("--set", setting)]
     done = run_cli("train", "--method", "qlora", "--model", model, "--data", data, "--output", tmp_path / "run", *sets)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "qlora: base model:" in done.stdout
     _check_losses(tmp_path / "run")
-    _check_adapter(tmp_path / "run", "mini-4k")
+    _check_adapter(tmp_path / "run", family)
     assert "load_in_4bit: true" in (tmp_path / "run" / "config.yaml").read_text()
