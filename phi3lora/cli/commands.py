@@ -224,7 +224,7 @@ def _train_in_processes(args, distributed: str) -> int | None:
     (the default in the foreground, whatever the GPUs). It loads no torch: the ranks start that much sooner."""
     from ..tasks.processes import child_env
 
-    accelerate_config = str(launch.check_accelerate_config(args.accelerate_config)) if args.accelerate_config else None
+    accelerate_config = args.accelerate_config
     launch.check_launch(args.processes, distributed, launch.visible_gpu_count, accelerate_config)
     if not (args.processes or accelerate_config):
         return None

@@ -74,10 +74,16 @@ def load_with_adapters(base_model: str | None, adapters: dict[str, str | Path], 
     return model, tokenizer
 
 
+def chat_prompt(tokenizer, conversation: list[dict]) -> str:
+    """The text a conversation's answer continues: its system text in the first user message where the template
+    has no system role (a Phi-3-medium template would drop it), as in training."""
+    return tokenizer.apply_chat_template(for_template(tokenizer, conversation), tokenize=False, add_generation_prompt=True)
+
+
 @torch.inference_mode()
 def generate_columns(model, tokenizer, messages: list[dict], columns: list[str], max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> list[str]:
     """Greedy answers to the same conversation, one per column (an adapter name or BASE), in one batch."""
-    prompt = tokenizer.apply_chat_template(for_template(tokenizer, messages), tokenize=False, add_generation_prompt=True)
+    prompt = chat_prompt(tokenizer, messages)
     inputs = tokenizer([prompt] * len(columns), return_tensors="pt", add_special_tokens=False).to(model.device)
     extra = {"adapter_names": columns} if isinstance(model, PeftModel) else {}
     output = model.generate(

@@ -31,9 +31,8 @@ from peft import PeftModel
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from .. import data
 from ..policy import limits
-from .adapters import BASE, AdapterError, adapter_settings, load_with_adapters
+from .adapters import BASE, AdapterError, adapter_settings, chat_prompt, load_with_adapters
 from ..config import ModelSettings
 from .few_rows import few_row_linears
 from ..policy.limits import LimitExceeded
@@ -119,13 +118,6 @@ class _Cancelled(StoppingCriteria):
 
     def __call__(self, input_ids, scores, **kwargs):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-def chat_prompt(tokenizer, conversation: list[dict]) -> str:
-    """The text a conversation's answer continues: its system text in the first user message where the template
-    has no system role (a Phi-3-medium template would drop it), as in training."""
-    return tokenizer.apply_chat_template(data.for_template(tokenizer, conversation), tokenize=False,
-                                         add_generation_prompt=True)
 
 
 class PromptTooLong(LimitExceeded):

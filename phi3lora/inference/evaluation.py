@@ -185,17 +185,14 @@ def _model_with_adapter(run_id: str, config: JobConfig, chat: ChatService | None
     base = choose_base_model(config.model.base_model).name_or_path
     need = gpu_memory.gpu_request("evaluate", f"the evaluation of run {run_id}", base, config.model.dtype,
                                   config.model.load_in_4bit)
-    on_gpu = gpu_memory.device_memory() is not None
-    if on_gpu:
-        gpu_memory.make_room(need["bytes"], need["what"])
-    log(f"run {run_id}: loading {config.model.base_model} with its adapter")
-    model = SideBySide(config.model.base_model, config.model)
-    try:
-        with gpu_memory.hold("evaluate", need["what"], need["bytes"]) if on_gpu else nullcontext():
+    with gpu_memory.claim(need):
+        log(f"run {run_id}: loading {config.model.base_model} with its adapter")
+        model = SideBySide(config.model.base_model, config.model)
+        try:
             model.add_adapter(ADAPTED, registry.run_dir(run_id))
             yield model, ADAPTED
-    finally:
-        model.release()
+        finally:
+            model.release()
 
 
 def perplexity(loss: float) -> float:

@@ -118,8 +118,6 @@ def start_run(config: JobConfig, owner: str | None = None, processes: int | None
         raise UserError("no dataset: set data.path (--data)")
     dataset = data.read_dataset(config.data.path, config.data.format)
     data.usable_conversations(dataset, drop_invalid=config.data.drop_invalid)  # refuse bad data now, not in a failed run
-    if accelerate_config:
-        accelerate_config = str(launch.check_accelerate_config(accelerate_config))  # the ranks start elsewhere
     _check_launch(config, processes, accelerate_config)  # a missing package, too many processes: before any work
     from ..job_builder import resolve_job, write_job_file  # here, not at the top: it imports torch (model defaults)
 
@@ -178,8 +176,9 @@ def resume_run(run_id: str) -> None:
     _refuse_while_reading_the_adapter(run_id, "resumed")
     first = read_record(registry.attempt_dirs(path)[0] / "queued.json") if registry.attempt_dirs(path) else None
     processes, accelerate_config = (first or {}).get("processes"), (first or {}).get("accelerate_config")
-    _check_launch(load_job(path / "config.yaml"), processes, accelerate_config)  # a package may have gone since
-    _ask_for_the_gpu(load_job(path / "config.yaml"), f"training run {run_id}")
+    config = load_job(path / "config.yaml")
+    _check_launch(config, processes, accelerate_config)  # a package may have gone since
+    _ask_for_the_gpu(config, f"training run {run_id}")
     _queue_attempt(path, resume=True, processes=processes, accelerate_config=accelerate_config)
 
 

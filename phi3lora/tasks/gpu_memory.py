@@ -28,9 +28,10 @@ import os
 import secrets
 import struct
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .. import settings
 from ..errors import UserError
@@ -187,6 +188,18 @@ def make_room(need: int | None, for_what: str, wait_seconds: float = RELEASE_WAI
                         f"{free / GB:.2f} GB of {total / GB:.2f} GB is free; the GPU is held by {held_by}. "
                         "Try again once they are done (Release the chat model in Compare), or load the base in "
                         "4 bits (QLoRA)")
+
+
+@contextmanager
+def claim(need: dict[str, Any]) -> Iterator[None]:
+    """A gpu_request's room, made (make_room) and then held in the ledger until the block ends: what a task that
+    loads a model does around it. No GPU to share: nothing to ask or record."""
+    if device_memory() is None:
+        yield
+        return
+    make_room(need["bytes"], need["what"])
+    with hold(need["kind"], need["what"], need["bytes"]):
+        yield
 
 
 def gpu_request(kind: str, what: str, name_or_path: str, dtype: str, load_in_4bit: bool) -> dict[str, Any]:

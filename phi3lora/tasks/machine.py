@@ -256,14 +256,13 @@ def run_body(folder: Path) -> int:
 def _holding_the_gpu(need: dict[str, Any] | None) -> Iterator[None]:
     """A request's "gpu" entry (gpu_memory.gpu_request): ask the GPU's owner for room (an idle chat model lets go),
     then hold it in the ledger while the body runs. Under accelerate, local rank 0 asks for its machine."""
-    if not need or int(os.environ.get("LOCAL_RANK", "0")) != 0 or gpu_memory.device_memory() is None:
+    if not need or int(os.environ.get("LOCAL_RANK", "0")) != 0:
         yield
         return
-    gpu_memory.make_room(need["bytes"], need["what"])
-    with gpu_memory.hold(need["kind"], need["what"], need["bytes"]):
+    with gpu_memory.claim(need):
         yield
 
 
 def _outcome(folder: Path, status: str, reason: str | None) -> None:
-    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate, one rank speaks for all
+    if launch.is_main_rank():  # under accelerate, one rank speaks for all
         write_record(folder / "outcome.json", {"status": status, "reason": reason, "finished_at": time.time()})

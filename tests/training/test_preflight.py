@@ -16,7 +16,7 @@ from phi3_templates import WITHOUT_SYSTEM_ROLE, WITHOUT_SYSTEM_ROLE_BOS, use_tem
 from phi3lora import data
 from phi3lora.cli.commands import main as cli
 from phi3lora.config import ConfigError, JobConfig
-from phi3lora.inference.engine import chat_prompt
+from phi3lora.inference.adapters import chat_prompt
 from phi3lora.job_builder import override
 from phi3lora.modeling import load_tokenizer
 from phi3lora.training import preflight
