@@ -149,7 +149,7 @@ def resolve_job(config: JobConfig) -> tuple[JobConfig, str]:
     portable) and, for the demo model, its own training defaults. Fields a user set stay; resolving a resolved job
     changes nothing; a job the base model cannot take (max_length past its positions) is refused here, before any
     run is queued or weights load. Returns (config, a line for the user saying what was filled in)."""
-    from .modeling import choose_base_model  # torch: imported where a job is about to run or be shown
+    from .base_model import choose_base_model  # no torch where this machine has no GPU it could use
 
     choice = choose_base_model(config.model.base_model)
     given = config.explicitly_set()
@@ -167,14 +167,14 @@ def resolve_job(config: JobConfig) -> tuple[JobConfig, str]:
 def model_defaults(base_model: str | None) -> dict[str, Any]:
     """The training settings whose default depends on the base model (`training_config.max_length`: 512 for the
     demo model, 2048 otherwise): what the Train form shows, so that what it says is what runs."""
-    from .modeling import choose_base_model
+    from .base_model import choose_base_model
 
     return _model_defaults(choose_base_model(base_model or None).is_demo)
 
 
 def default_base_model() -> str:
     """The base model of a job that names none, on this machine, as a job names it."""
-    from .modeling import choose_base_model
+    from .base_model import choose_base_model
 
     return _portable(choose_base_model(None))
 

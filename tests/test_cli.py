@@ -24,7 +24,7 @@ def test_validate_prints_a_readable_report(datasets_dir):
     done = run_cli("validate", datasets_dir / "glaive_toolcall_en_demo.json", "--max-length", "256")
     assert done.returncode == 0
     assert "format:        sharegpt" in done.stdout and "conversations: 300 usable" in done.stdout
-    assert "over max length 256: records" in done.stdout
+    assert "conversation(s) longer than 256 tokens; training keeps the first 256" in done.stdout
 
 
 BAD_FILES = {
