@@ -242,7 +242,7 @@ def _queue_attempt(path: Path, resume: bool, processes: int | None = None, accel
 
 
 def _gpu_need(config: JobConfig, what: str) -> dict:
-    from ..modeling import choose_base_model  # here, not at the top: it imports torch
+    from ..base_model import choose_base_model  # torch-free where no GPU could be used
 
     base = choose_base_model(config.model.base_model).name_or_path
     return gpu_memory.gpu_request("train", what, base, config.model.dtype, config.model.load_in_4bit)
