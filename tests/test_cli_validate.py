@@ -9,7 +9,9 @@ import pytest
 
 from conftest import DEMO_MODEL, REPO
 from phi3lora import data
-from phi3lora.tokenizer_loading import load_tokenizer
+from phi3lora.data.truncation import measure
+from phi3lora.plain_tokenizer import PlainTokenizer
+from phi3lora.tokenizer_loading import load_counting_tokenizer, load_tokenizer
 
 PHI3_TOKENIZER = REPO.parent / "shared" / "phi3-tokenizer"
 BAD_RECORDS = 25  # more than the text report lists
@@ -49,7 +51,7 @@ def test_validate_json_without_torch_or_warnings_measures_like_training(mixed_fi
     done = _validate(mixed_file, "--json")
     assert done.returncode == 1  # bad records
     imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
-    assert "tokenizers" in imported and not {"torch", "trl", "peft"} & imported
+    assert "tokenizers" in imported and not {"torch", "trl", "peft", "transformers"} & imported  # plain_tokenizer.py
     assert [line for line in done.stderr.splitlines() if not line.startswith("import time:")] == []  # no warning
     report = json.loads(done.stdout)
     assert len(report["errors"]) == BAD_RECORDS  # --json lists every problem
@@ -85,28 +87,49 @@ TEXTS = [
 ]
 
 
-@pytest.mark.parametrize("folder", [DEMO_MODEL, PHI3_TOKENIZER], ids=["demo", "phi3-mini"])
-def test_torch_free_tokenizer_counts_as_autotokenizer(folder, tmp_path):
-    """The tokenizer validate loads without torch is AutoTokenizer's own class and counts every token alike, also
-    from a hub-style folder naming LlamaTokenizer with a Phi-3 config.json (as microsoft/Phi-3-mini-4k-instruct)."""
+@pytest.mark.parametrize("folder, hub_style", [(DEMO_MODEL, False), (PHI3_TOKENIZER, False), (PHI3_TOKENIZER, True)],
+                         ids=["demo", "phi3-mini", "phi3-mini-hub-style"])
+def test_torch_free_tokenizers_count_as_autotokenizer(folder, hub_style, tmp_path):
+    """The tokenizers validate loads without torch (transformers' own class) or without transformers (plain_tokenizer)
+    render and count every token as AutoTokenizer's, also from a hub-style folder naming LlamaTokenizer with a
+    Phi-3 config.json (as microsoft/Phi-3-mini-4k-instruct does)."""
     if not folder.is_dir():
         pytest.skip(f"the real Phi-3 tokenizer is expected at {folder} (../shared/phi3-tokenizer)")
     from transformers import AutoTokenizer
 
     conversations = [data.Conversation(i, [{"role": "system", "content": TEXTS[i - 1]},
                                            {"role": "user", "content": TEXTS[i % len(TEXTS)]},
-                                           {"role": "assistant", "content": TEXTS[(i + 1) % len(TEXTS)]}])
+                                           {"role": "assistant", "content": TEXTS[(i + 1) % len(TEXTS)] * 9}])
                      for i in range(1, len(TEXTS) + 1)]
-    hub_style = tmp_path / "hub-style"
-    hub_style.mkdir()
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
-        if (folder / name).is_file():
-            (hub_style / name).write_bytes((folder / name).read_bytes())
-    settings = json.loads((hub_style / "tokenizer_config.json").read_text())
-    (hub_style / "tokenizer_config.json").write_text(json.dumps({**settings, "tokenizer_class": "LlamaTokenizer"}))
-    (hub_style / "config.json").write_text(json.dumps({"model_type": "phi3"}))
-    for where in (folder, hub_style):
-        light, auto = load_tokenizer(str(where)), AutoTokenizer.from_pretrained(str(where))
-        assert type(light) is type(auto) and light.chat_template == auto.chat_template
-        assert data.token_lengths(light, conversations) == data.token_lengths(auto, conversations)
-        assert light(TEXTS, add_special_tokens=False)["input_ids"] == auto(TEXTS, add_special_tokens=False)["input_ids"]
+    if hub_style:
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            (tmp_path / name).write_bytes((folder / name).read_bytes())
+        settings = json.loads((tmp_path / "tokenizer_config.json").read_text())
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps({**settings, "tokenizer_class": "LlamaTokenizer"}))
+        (tmp_path / "config.json").write_text(json.dumps({"model_type": "phi3"}))
+        folder = tmp_path
+    auto = AutoTokenizer.from_pretrained(str(folder))
+    light, plain = load_tokenizer(str(folder)), load_counting_tokenizer(str(folder))
+    assert type(light) is type(auto) and isinstance(plain, PlainTokenizer)
+    expected = data.token_lengths(auto, conversations)
+    assert max(expected) > 128  # some are cut below
+    for tokenizer in (light, plain):
+        assert [data.render_text(tokenizer, c.messages) for c in conversations] == [
+            data.render_text(auto, c.messages) for c in conversations]
+        assert data.token_lengths(tokenizer, conversations) == expected
+        assert tokenizer(TEXTS)["input_ids"] == auto(TEXTS, add_special_tokens=False)["input_ids"]
+        assert measure(tokenizer, conversations, 128) == measure(auto, conversations, 128)
+
+
+def test_plain_tokenizer_declines_what_it_cannot_render_exactly(tmp_path):
+    """A template using tojson (transformers' own differs from jinja's), or a special token tokenizer.json lacks:
+    the plain tokenizer steps aside, and validate counts through transformers."""
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (tmp_path / name).write_bytes((DEMO_MODEL / name).read_bytes())
+    assert isinstance(load_counting_tokenizer(str(tmp_path)), PlainTokenizer)
+    (tmp_path / "chat_template.jinja").write_text("{{ messages | tojson }}")
+    assert not isinstance(load_counting_tokenizer(str(tmp_path)), PlainTokenizer)
+    (tmp_path / "chat_template.jinja").write_bytes((DEMO_MODEL / "chat_template.jinja").read_bytes())
+    settings = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**settings, "extra_special_tokens": ["<|new|>"]}))
+    assert not isinstance(load_counting_tokenizer(str(tmp_path)), PlainTokenizer)

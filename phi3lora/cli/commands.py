@@ -151,10 +151,11 @@ def _data_file(given: str | None, keep_in: Path | None = None):
 
 def _validate(args) -> int:
     """Torch-free: the job is resolved as `train` would resolve it on this machine (base model, its max_length),
-    and the tokenizer loads without torch (tokenizer_loading.py), so the report comes in a second or two."""
+    and the tokenizer loads without torch, or transformers where exact (tokenizer_loading.py), so the report comes
+    in a second or two."""
     from .. import data
     from ..job_builder import build_job, resolve_job, values_layer
-    from ..tokenizer_loading import load_tokenizer, quiet_transformers
+    from ..tokenizer_loading import load_counting_tokenizer, quiet_transformers
 
     source = args.data or args.path
     with _data_file(source) as path:
@@ -164,12 +165,9 @@ def _validate(args) -> int:
         # refused as train would refuse it
         config, _ = resolve_job(build_job(values_layer({key: value for key, value in given.items() if value})))
         dataset = data.read_dataset(config.data.path, config.data.format)
-    tokenizer, max_length = None, config.training_config.max_length
-    base_model = _base_path(config.model.base_model)
-    with contextlib.ExitStack() as quiet:
-        if dataset.conversations:
-            quiet.enter_context(quiet_transformers())  # the report says what is too long; no library warnings
-            tokenizer = load_tokenizer(base_model)
+    max_length, base_model = config.training_config.max_length, _base_path(config.model.base_model)
+    with quiet_transformers():  # the report says what is too long; no library warnings
+        tokenizer = load_counting_tokenizer(base_model) if dataset.conversations else None
         report = data.report(dataset, tokenizer, max_length)
     report["base_model"] = config.model.base_model
     if source.startswith(HUB):

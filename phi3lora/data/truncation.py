@@ -36,18 +36,24 @@ class Cut:
 
 def cuts(tokenizer, conversations: list[Conversation], lengths: list[int], max_length: int) -> list[Cut]:
     """For each conversation longer than max_length (`lengths`: their token counts, in order), what is cut."""
-    over = [(c, n) for c, n in zip(conversations, lengths) if n > max_length]
-    if not over:
-        return []
-    system_role = has_system_role(tokenizer)
-    texts = [tokenizer.apply_chat_template(for_template(tokenizer, c.messages, system_role), tokenize=False)
-             for c, _ in over]
-    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    found = []
-    for (conversation, length), text, offsets in zip(over, texts, encoded):
-        messages = for_template(tokenizer, conversation.messages, system_role)
-        found.append(_cut(conversation.record, length, text, offsets, messages, max_length))
-    return found
+    over = [c for c, n in zip(conversations, lengths) if n > max_length]
+    return measure(tokenizer, over, max_length)[1] if over else []
+
+
+def measure(tokenizer, conversations: list[Conversation], max_length: int) -> tuple[list[int], list[Cut]]:
+    """Every conversation's token count, and what is cut of those longer than max_length: one tokenization."""
+    system_role = has_system_role(tokenizer) if conversations else True
+    lengths: list[int] = []
+    found: list[Cut] = []
+    for start in range(0, len(conversations), 256):
+        batch = [(c, for_template(tokenizer, c.messages, system_role)) for c in conversations[start:start + 256]]
+        texts = [tokenizer.apply_chat_template(messages, tokenize=False) for _, messages in batch]
+        encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        for (conversation, messages), text, offsets in zip(batch, texts, encoded):
+            lengths.append(len(offsets))
+            if len(offsets) > max_length:
+                found.append(_cut(conversation.record, len(offsets), text, offsets, messages, max_length))
+    return lengths, found
 
 
 def _cut(record: int, length: int, text: str, offsets: list, messages: list[dict[str, str]], max_length: int) -> Cut:

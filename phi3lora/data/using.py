@@ -15,7 +15,7 @@ from ..config import DEFAULT_MAX_LENGTH, eval_size_problem
 from ..errors import shorten
 from .dataset import Conversation, DatasetError, LoadedDataset, Problem, TokenStats
 from .template import for_template, has_system_role, system_role_note
-from .truncation import KEEPS, OUTCOMES, cuts
+from .truncation import KEEPS, OUTCOMES, cuts, measure
 
 MAX_LISTED_PROBLEMS = 20  # a refusal lists this many problems, then how many more
 
@@ -112,9 +112,11 @@ def report(ds: LoadedDataset, tokenizer=None, max_length: int = DEFAULT_MAX_LENG
     (tokens.cut, truncation.py); `lengths` as for token_stats."""
     tokens = None
     if tokenizer is not None:
-        lengths = token_lengths(tokenizer, ds.conversations) if lengths is None else lengths
+        if lengths is None:
+            lengths, found = measure(tokenizer, ds.conversations, max_length)  # one pass: counts and cuts
+        else:
+            found = cuts(tokenizer, ds.conversations, lengths, max_length)
         tokens = asdict(token_stats(tokenizer, ds.conversations, max_length, lengths))
-        found = cuts(tokenizer, ds.conversations, lengths, max_length)
         tokens["keeps"] = KEEPS
         tokens["cut"] = [asdict(cut) for cut in found]
         tokens["cut_outcomes"] = {outcome: sum(cut.outcome == outcome for cut in found) for outcome in OUTCOMES}
