@@ -134,7 +134,9 @@ def main(argv=None) -> dict:
     if "validate" in parts:
         details["validate"] = result = validate_start.main(["--repeats", "3" if args.quick else "5"])
         rows.append(row("validate FILE: start to report vs torch imported first", result["median_s"]["torch_first"],
-                        result["median_s"]["validate"], "s", f"<= {validate_start.TARGET}", result["file"]))
+                        result["median_s"]["validate"], "s", f"<= {validate_start.TARGET}",
+                        f"{result['file']}; CPU {result['median_cpu_s']['validate']} s vs "
+                        f"{result['median_cpu_s']['torch_first']} s"))
     print_table(rows)
     report = {"command": " ".join(["python bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
               "machine": machine(), "seconds": round(time.time() - started), "rows": rows, "details": details}
