@@ -201,7 +201,8 @@ def _print_report(report: dict, max_length_given: bool = False) -> None:
     print(f"conversations: {report['conversations']} usable")
     tokens = report.get("tokens")
     if tokens and tokens.get("count"):
-        why = "as given" if max_length_given else f"what training {report['base_model']} uses here; --max-length N to change"
+        why = ("as given" if max_length_given
+               else f"what train uses for base model {report['base_model']} here; --max-length N to change")
         print(f"tokens:        min {tokens['min']}, median {tokens['median']}, mean {tokens['mean']:.0f}, "
               f"p95 {tokens['p95']}, max {tokens['max']}; max length {tokens['max_length']} ({why})")
         _print_cuts(tokens)
