@@ -124,7 +124,7 @@ def prepare(config: JobConfig, output_dir: Path, log=print, callbacks: list[Trai
         _check_liger_can_run()
 
     # 1. Data: every record checked before any model loads.
-    dataset = data.read_dataset(config.data.path, config.data.format)
+    dataset = data.read_dataset(config.data.path, config.data.format, columns=config.data.columns)
     conversations = data.usable_conversations(dataset, drop_invalid=config.data.drop_invalid)
     train_split, eval_split = data.split_train_eval(conversations, config.data.eval_size, config.training_config.seed)
     dropped = dataset.records - len(conversations)
