@@ -114,13 +114,6 @@ def _add_columns_option(parser: argparse.ArgumentParser) -> None:
                         "(kept in config.yaml as data.columns)")
 
 
-def _columns_flag(args) -> dict:
-    """--columns as data.columns: {} when not given (the flags' layer then leaves data.columns alone)."""
-    from ..data.columns import parse_columns
-
-    return parse_columns(args.columns)
-
-
 def _add_launch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--processes", type=int, metavar="N",
                         help="training processes (accelerate launch): default one per visible GPU; on a CPU, N ranks "
@@ -134,7 +127,7 @@ def _job_config(args):
     from ..job_builder import assignments_layer, build_job, file_layer, values_layer
 
     flags = {"data.path": args.data, "method": args.method, "model.base_model": args.model,
-             "data.format": args.format, "data.drop_invalid": args.drop_invalid, "data.columns": _columns_flag(args)}
+             "data.format": args.format, "data.drop_invalid": args.drop_invalid, "data.columns": args.columns}
     config = build_job(*([file_layer(args.config)] if args.config else []),
                        values_layer({key: value for key, value in flags.items() if value}),  # the flags given
                        assignments_layer(args.overrides))
@@ -172,7 +165,7 @@ def _validate(args) -> int:
     source = args.data or args.path
     with _data_file(source) as path:
         given = {"data.path": path, "data.format": args.format, "model.base_model": args.model,
-                 "training_config.max_length": args.max_length, "data.columns": _columns_flag(args)}
+                 "training_config.max_length": args.max_length, "data.columns": args.columns}
         config = build_job(values_layer({key: value for key, value in given.items() if value}))
         base_path = choose_base_model(config.model.base_model).name_or_path
         check_job_if_readable(config, base_path)  # --max-length past the model's positions: refused as train would

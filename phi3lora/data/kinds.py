@@ -20,8 +20,9 @@ that counts them, and those labelled true train as any other record (`kto_split`
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
-from typing import Any, Iterator
+from typing import Any
 
 from .formats import TURN_LISTS, formats_matched
 from .markup import has_phi3_markup, other_markup
@@ -34,9 +35,11 @@ KINDS = (MULTIMODAL, PREFERENCE, CONTENT_PARTS, OTHER_MARKUP, PRETRAINING)  # a 
 _MEDIA_COLUMNS = {"images": "images", "image": "images", "videos": "videos", "video": "videos", "audios": "audio",
                   "audio": "audio"}
 _PLACEHOLDERS = {"<image>": "images", "<video>": "videos", "<audio>": "audio"}
+_PLACEHOLDER = re.compile("|".join(_PLACEHOLDERS))
 _MEDIA_PARTS = {"image": "images", "image_url": "images", "input_image": "images", "video": "videos",
                 "audio": "audio", "input_audio": "audio"}  # content-part types (OpenAI's, LLaMA-Factory's)
-_PART_LISTS = (*TURN_LISTS, "prompt", "completion", "chosen", "rejected")  # where lists of turns may be
+# the columns whose text or turns may hold placeholders or content parts
+_SCANNED = (*TURN_LISTS, "prompt", "completion", "chosen", "rejected", "instruction", "input", "output", "text")
 
 
 def is_preference(record: dict) -> bool:
@@ -46,11 +49,12 @@ def is_preference(record: dict) -> bool:
 
 def record_kind(record: dict) -> str | None:
     """The kind of a record that is not an SFT chat record, or None."""
-    if _media(record):
+    scanned = _scan(record)
+    if _media(record, scanned):
         return MULTIMODAL
     if is_preference(record):
         return PREFERENCE
-    if _part_types(record):
+    if scanned[0]:
         return CONTENT_PARTS
     text = record.get("text")
     if isinstance(text, str) and not has_phi3_markup(text) and not formats_matched(record):
@@ -60,28 +64,33 @@ def record_kind(record: dict) -> str | None:
 
 def dataset_kind(records: list[dict]) -> str | None:
     """The kind more than half of the records have, or None (most are chat records, or there are none)."""
-    counts = Counter(kind for record in records if (kind := record_kind(record)))
+    return most_common_kind([record_kind(record) for record in records])
+
+
+def most_common_kind(record_kinds: list[str | None]) -> str | None:
+    """dataset_kind from each record's record_kind."""
+    counts = Counter(kind for kind in record_kinds if kind)
     kind, count = max(counts.items(), key=lambda item: item[1], default=(None, 0))
-    return kind if count * 2 > len(records) else None
+    return kind if count * 2 > len(record_kinds) else None
 
 
-def file_refusal(kind: str, records: list[dict]) -> str:
-    """The one line that refuses a file of this kind for SFT, from what its records hold."""
-    mine = [record for record in records if record_kind(record) == kind]
+def file_refusal(kind: str, mine: list[dict]) -> str:
+    """The one line that refuses a file of this kind for SFT, from what its records of that kind hold."""
     if kind == MULTIMODAL:
-        found = list(dict.fromkeys(evidence for record in mine for evidence in _media(record)))
+        found = list(dict.fromkeys(evidence for record in mine for evidence in _media(record, _scan(record))))
         media = list(dict.fromkeys(what for what, _ in found))
         return (f"the records hold {' and '.join(media)} ({', '.join(where for _, where in found[:4])}), and "
                 "Phi-3-mini reads text only: use text-only records")
     if kind == PREFERENCE:
         advice = ""
-        if all(isinstance(record.get("chosen"), (str, list)) for record in mine):  # TRL's shape: chosen maps
+        if all(record.get("prompt") is not None and isinstance(record.get("chosen"), (str, list)) for record in mine):
+            # TRL's shape, whose chosen answers make a prompt_completion record
             advice = "; to train on the chosen answers alone, map them with --columns completion=chosen"
         return ("the records are preference data (a 'chosen' and a 'rejected' answer to each prompt, for DPO-style "
                 f"preference training), not conversations for supervised fine-tuning{advice}")
     if kind == CONTENT_PARTS:
-        types = list(dict.fromkeys(t for record in mine for t in _part_types(record)))
-        return (f"turn contents are lists of typed parts (types {shown_names(types)}; LLaMA-Factory's v1 format), "
+        types = list(dict.fromkeys(t for record in mine for t in _scan(record)[0]))
+        return (f"turn contents are lists of typed parts (types {shown_names(types)}, as in LLaMA-Factory's v1 format), "
                 "which are not read here: write each turn's content as one string of text")
     if kind == OTHER_MARKUP:
         template = next(name for record in mine if (name := other_markup(record.get("text"))))
@@ -125,36 +134,30 @@ def _label(value: Any) -> bool | None:
     return None
 
 
-def _media(record: dict) -> list[tuple[str, str]]:
-    """(what, where) for each sign of media in the record: ("images", "the 'images' column")."""
+def _media(record: dict, scanned: tuple[list, list]) -> list[tuple[str, str]]:
+    """(what, where) for each sign of media in the record: ("images", "the 'images' column"); `scanned`: _scan."""
+    part_types, tags = scanned
     found = [(what, f"the {column!r} column") for column, what in _MEDIA_COLUMNS.items()
              if record.get(column) not in (None, "", [], {})]
-    for text in _texts(record):
-        found += [(what, f"{tag} placeholders") for tag, what in _PLACEHOLDERS.items() if tag in text]
-    found += [(_MEDIA_PARTS[t], f"{t!r} content parts") for t in _part_types(record) if t in _MEDIA_PARTS]
+    found += [(_PLACEHOLDERS[tag], f"{tag} placeholders") for tag in dict.fromkeys(tags)]
+    found += [(_MEDIA_PARTS[t], f"{t!r} content parts") for t in part_types if t in _MEDIA_PARTS]
     return found
 
 
-def _texts(record: dict) -> Iterator[str]:
-    """The record's text: its string values, and those of its lists' items and turns."""
-    for value in record.values():
-        if isinstance(value, str):
-            yield value
-        elif isinstance(value, (list, dict)):
-            for item in value if isinstance(value, list) else [value]:
-                if isinstance(item, str):
-                    yield item
-                elif isinstance(item, dict):
-                    yield from (inner for inner in item.values() if isinstance(inner, str))
-
-
-def _part_types(record: dict) -> list:
-    """The types of the typed content parts in the record's turns ([] when its contents are text)."""
+def _scan(record: dict) -> tuple[list, list]:
+    """(the types of the typed content parts, the media placeholders) in the record's texts and turns, in one pass
+    (it runs on every record)."""
     types: list = []
-    for key in _PART_LISTS:
-        turns = record.get(key)
-        for turn in turns if isinstance(turns, list) else [turns]:
-            content = turn.get("content", turn.get("value")) if isinstance(turn, dict) else None
-            if isinstance(content, list) and content and all(isinstance(p, dict) and "type" in p for p in content):
+    tags: list = []
+    for key in _SCANNED:
+        value = record.get(key)
+        if value is None:
+            continue
+        for item in value if isinstance(value, list) else (value,):
+            content = item.get("content", item.get("value")) if isinstance(item, dict) else item
+            if isinstance(content, str):
+                if "<" in content:
+                    tags += _PLACEHOLDER.findall(content)
+            elif isinstance(content, list) and content and all(isinstance(p, dict) and "type" in p for p in content):
                 types += [part["type"] for part in content if isinstance(part["type"], str)]
-    return list(dict.fromkeys(types))
+    return list(dict.fromkeys(types)), tags

@@ -48,9 +48,11 @@ def read_dataset(path: str | Path, format: str = "auto", *,
         objects, mapping_problems, mapping_warnings = apply_columns(objects, mapping, column_names(objects))
         problems += [Problem(None, message) for message in mapping_problems]
         warnings += mapping_warnings
-    kind = kinds.dataset_kind([row for _, row in objects])
+    record_kinds = {number: kind for number, row in objects if (kind := kinds.record_kind(row))}
+    kind = kinds.most_common_kind([record_kinds.get(number) for number, _ in objects])
     if kind and not any(p.record is None for p in problems):
-        problems.append(Problem(None, kinds.file_refusal(kind, [row for _, row in objects])))
+        mine = [row for number, row in objects if record_kinds.get(number) == kind]
+        problems.append(Problem(None, kinds.file_refusal(kind, mine)))
     if any(p.record is None for p in problems):  # the whole file is refused in one line: no record is read further
         return LoadedDataset(path, None, records, [], _in_order(problems), warnings)
 
@@ -70,8 +72,8 @@ def read_dataset(path: str | Path, format: str = "auto", *,
             problems.append(Problem(None, "the file holds no records"))
     else:
         for number, row in objects:
-            if kind := kinds.record_kind(row):
-                problems.append(Problem(number, kinds.record_problem(kind)))
+            if number in record_kinds:
+                problems.append(Problem(number, kinds.record_problem(record_kinds[number])))
                 continue
             try:
                 conversations.append(Conversation(number, normalise(row, detected)))
