@@ -107,7 +107,20 @@ def values_layer(values: Mapping[Any, Any]) -> Layer:
             flat.update((_locate(f"{key}.{name}"), inner) for name, inner in value.items())
         else:
             flat[_locate(key)] = value
+    if flat.get("data.columns") is not None:
+        flat["data.columns"] = _column_mapping(flat["data.columns"])
     return Layer(flat)
+
+
+def _column_mapping(value: Any) -> dict[str, str] | None:
+    """data.columns checked as the data layer reads it, from a mapping or its text ("prompt=question,...", as
+    --columns, --set and a form give it); no mapping is null."""
+    from .data.columns import ColumnsError, check_columns
+
+    try:
+        return check_columns(value) or None
+    except ColumnsError as error:
+        raise ConfigError(f"data.columns: {str(error).removeprefix('column mapping: ')}") from None
 
 
 def assignments_layer(assignments: Iterable[str]) -> Layer:

@@ -32,7 +32,7 @@ BAD_FILES = {
     "empty.json": (b"", None, "empty"),
     "binary.json": (bytes(range(256)) * 4, None, "text"),
     "latin1.jsonl": ('{"instruction": "caf\u00e9", "output": "ok"}\n'.encode("latin-1"), None, "UTF-8"),
-    "columns.json": (json.dumps([{"question": "q", "answer": "a"}]).encode(), None, "'question'"),
+    "columns.json": (json.dumps([{"frage": "q", "antwort": "a"}]).encode(), None, "'frage'"),
     "roles.jsonl": (
         b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
         b'{"messages": [{"role": "assistant", "content": "first"}, {"role": "user", "content": "then"}]}\n',

@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     dataset = validate.add_mutually_exclusive_group(required=True)
     dataset.add_argument("path", nargs="?", help="dataset file, or hub:owner/name[:split] for a Hugging Face dataset")
     dataset.add_argument("--data", help="the same as PATH")
-    validate.add_argument("--format", default="auto", help="auto, messages, sharegpt, alpaca or prompt_completion")
+    validate.add_argument("--format", default="auto", help="auto, messages, sharegpt, alpaca, prompt_completion or phi3_text")
+    _add_columns_option(validate)
     validate.add_argument("--model", help="tokenizer for token statistics: hub id, folder or 'demo' (default: as for train)")
     validate.add_argument("--max-length", type=int, default=None,
                           help="training's max_length to measure against (default: what train would use here "
@@ -102,9 +103,16 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="base model: hub id, local folder or 'demo'")
     parser.add_argument("--config", help="YAML job file (e.g. config.yaml of an earlier run)")
     parser.add_argument("--format", help="dataset format (default: detect)")
+    _add_columns_option(parser)
     parser.add_argument("--drop-invalid", action="store_true", help="skip invalid records instead of refusing the dataset")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="any setting, e.g. --set learning_rate=2e-4 --set peft_config.r=8 (see config.yaml)")
+
+
+def _add_columns_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--columns", metavar="TARGET=COLUMN,...",
+                        help="read the file's columns as the format's, e.g. prompt=question,completion=answer "
+                        "(kept in config.yaml as data.columns)")
 
 
 def _add_launch_options(parser: argparse.ArgumentParser) -> None:
@@ -120,7 +128,7 @@ def _job_config(args):
     from ..job_builder import assignments_layer, build_job, file_layer, values_layer
 
     flags = {"data.path": args.data, "method": args.method, "model.base_model": args.model,
-             "data.format": args.format, "data.drop_invalid": args.drop_invalid}
+             "data.format": args.format, "data.drop_invalid": args.drop_invalid, "data.columns": args.columns}
     config = build_job(*([file_layer(args.config)] if args.config else []),
                        values_layer({key: value for key, value in flags.items() if value}),  # the flags given
                        assignments_layer(args.overrides))
@@ -160,11 +168,11 @@ def _validate(args) -> int:
     source = args.data or args.path
     with _data_file(source) as path:
         given = {"data.path": path, "data.format": args.format, "model.base_model": args.model,
-                 "training_config.max_length": args.max_length}
+                 "training_config.max_length": args.max_length, "data.columns": args.columns}
         # the base model and max_length training would use here; --max-length past the model's positions is
         # refused as train would refuse it
         config, _ = resolve_job(build_job(values_layer({key: value for key, value in given.items() if value})))
-        dataset = data.read_dataset(config.data.path, config.data.format)
+        dataset = data.read_dataset(config.data.path, config.data.format, columns=config.data.columns)
     max_length, base_model = config.training_config.max_length, _base_path(config.model.base_model)
     with quiet_transformers():  # the report says what is too long; no library warnings
         tokenizer = load_counting_tokenizer(base_model) if dataset.conversations else None

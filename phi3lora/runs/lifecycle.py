@@ -116,7 +116,7 @@ def start_run(config: JobConfig, owner: str | None = None, processes: int | None
     resume launches the same way."""
     if not config.data.path:
         raise UserError("no dataset: set data.path (--data)")
-    dataset = data.read_dataset(config.data.path, config.data.format)
+    dataset = data.read_dataset(config.data.path, config.data.format, columns=config.data.columns)
     data.usable_conversations(dataset, drop_invalid=config.data.drop_invalid)  # refuse bad data now, not in a failed run
     _check_launch(config, processes, accelerate_config)  # a missing package, too many processes: before any work
     from ..job_builder import resolve_job, write_job_file  # here, not at the top: it imports torch (model defaults)
