@@ -5,8 +5,8 @@ pairs, images, pre-training text, KTO labels (kinds.py), Phi-3 chat markup read 
 normalising a record to chat messages (normalise.py) and checking its turns (turns.py), with the wording of every
 problem (wording.py), a conversation as the model's chat template takes it (template.py: system text where the
 template has no system role), the whole read (reader.py: read_dataset), what callers do with the result (using.py: usable
-conversations, chat-template text, token counts, the train/eval split, the report), copying a hub dataset into a
-local file (hub.py), and the types they share (dataset.py). Of phi3lora it may import only settings, errors, config and
+conversations, chat-template text, token counts, the train/eval split, the report), what training cuts of a
+conversation longer than max_length (truncation.py), copying a hub dataset into a local file (hub.py), and the types they share (dataset.py). Of phi3lora it may import only settings, errors, config and
 limits; the CLI, the trainer, the jobs and the app import it, never the other way round. It never imports torch
 or transformers (a tokenizer comes from the caller), nor gradio; pyarrow, datasets and huggingface_hub are imported
 inside the functions that need them, so `from phi3lora import data` stays cheap.
