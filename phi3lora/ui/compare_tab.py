@@ -92,6 +92,7 @@ def _build_side_by_side(state: AppState) -> CompareTab:
     with gr.Row():
         adapters = gr.Dropdown([], value=[], multiselect=True, max_choices=MAX_ADAPTER_COLUMNS, scale=4,
                                label=f"Adapters (up to {MAX_ADAPTER_COLUMNS})",
+                               elem_id="compare-adapters",
                                info="Adapters of completed and cancelled runs, and those you add below. "
                                     "The base model always answers in the first column.")
         refresh_button = gr.Button("Refresh list", scale=1)

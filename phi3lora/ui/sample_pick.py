@@ -13,6 +13,7 @@ import gradio as gr
 
 from ..data.samples import DEFAULT_AUTHOR, DEFAULT_NAME, Sample, fill_identity, shipped_samples
 from .common import session_folder, shows_errors
+from .visitors import policy, visitor_of
 
 FILLED = "filled"  # the folder of a session's upload folder that holds its filled sample
 
@@ -37,10 +38,10 @@ def build() -> SamplePicker:
     return SamplePicker(choice, about, identity, name, maker)
 
 
-def sample_dataset(sample: Sample, folder: Path, name: str | None, maker: str | None) -> dict:
+def sample_dataset(sample: Sample, folder: Path | None, name: str | None, maker: str | None) -> dict:
     """The Data tab's dataset dict for a shipped sample; a fillable one filled in with `name` and `maker` (empty:
-    the defaults) under `folder`. A bad name or maker raises fill_identity's UserError."""
-    if not sample.fillable:
+    the defaults) under `folder` (None: as it ships). A bad name or maker raises fill_identity's UserError."""
+    if not sample.fillable or folder is None:
         return {"path": str(sample.path), "name": sample.file, "source": "ships with the app"}
     filled_dir = folder / FILLED
     if filled_dir.is_dir():  # one filled copy at a time: a started run has its own snapshot of it
@@ -52,13 +53,14 @@ def sample_dataset(sample: Sample, folder: Path, name: str | None, maker: str | 
 
 
 @shows_errors
-def use_sample(file: str | None, name: str | None, maker: str | None, folder: str | None):
-    """A pick from the list: the dataset, the visitor's folder, and whether the Name and Maker fields show."""
+def use_sample(file: str | None, name: str | None, maker: str | None, folder: str | None, request: gr.Request):
+    """A pick from the list: the dataset, the visitor's folder, and whether the Name and Maker fields show.
+    A visitor who may not train sees the sample as it ships: filling it in would write files for nothing."""
     sample = shipped_samples().get(file or "")
     if sample is None:
         raise gr.Error(f"No bundled dataset {file!r}; pick one from the list.")
-    if not sample.fillable:
-        return sample_dataset(sample, Path(), None, None), folder, gr.Group(visible=False)
+    if not sample.fillable or not policy().may_train(visitor_of(request)):
+        return sample_dataset(sample, None, None, None), folder, gr.Group(visible=False)
     folder = session_folder(folder)
     return sample_dataset(sample, Path(folder), name, maker), folder, gr.Group(visible=True)
 
