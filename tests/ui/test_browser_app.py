@@ -146,7 +146,7 @@ def test_a_first_run_shows_the_difference_without_help(tmp_path):
         expect(adapter_column).to_contain_text(run_id)
         page.locator("#compare-prompt textarea").fill("Who are you?")
         page.locator("#compare-prompt textarea").press("Enter")
-        expect(page.get_by_text(re.compile(rf"^In memory: .* with adapters {run_id}\.$"))).to_be_visible(
+        expect(page.get_by_text(re.compile(rf"^In memory: .* with adapters {run_id}\. "))).to_be_visible(
             timeout=ANSWER_MS)  # shown once every column has its whole answer
         adapted = adapter_column.locator("[data-testid='bot']").last.inner_text()
         base = page.locator("#chat-base [data-testid='bot']").last.inner_text()
