@@ -60,7 +60,7 @@ def anonymous(identity_home, tmp_path_factory):
 def test_anonymous_visitors_cannot_start_training(anonymous):
     _, client, _ = anonymous
     with pytest.raises(AppError, match="Sign in with Hugging Face to train"):
-        client.predict(None, "identity.json", LONG_RUN, api_name="/start_training")
+        client.predict(None, "identity.jsonl", LONG_RUN, api_name="/start_training")
 
 
 def test_anonymous_visitors_cannot_see_or_cancel_a_run(anonymous):
@@ -106,7 +106,7 @@ def shared(tmp_path_factory):
                     # from the other xdist worker: at the lowest priority it trains on what nothing else wants
                     PHI3LORA_TRAINER_NICE="19") as server:
         clients = {user: Client(server.url, auth=(user, password), verbose=False) for user, password in USERS.items()}
-        alice_run = clients["alice"].predict(None, "identity.json", LONG_RUN, api_name="/start_training")
+        alice_run = clients["alice"].predict(None, "identity.jsonl", LONG_RUN, api_name="/start_training")
         yield server, clients, alice_run
         try:
             clients["alice"].predict(alice_run, api_name="/cancel_training")
@@ -156,25 +156,33 @@ def test_dataset_names_that_would_leave_the_bundled_folder_are_refused(shared, n
 
 
 @pytest.mark.parametrize("user, dataset, settings, message", [
-    ("alice", "identity.json", LONG_RUN,
+    ("alice", "identity.jsonl", LONG_RUN,
      "your number of queued and running runs is 2, over this server's limit of 1 (PHI3LORA_MAX_QUEUED_PER_USER)"),
-    ("bob", "identity.json", json.dumps({"model": {"base_model": "demo"}, "max_length": 4096}),
+    ("bob", "identity.jsonl", json.dumps({"model": {"base_model": "demo"}, "max_length": 4096}),
      "training_config.max_length is 4096, over this server's limit of 1024 (PHI3LORA_MAX_SEQ_LENGTH)"),
-    ("bob", "alpaca_en_demo.json", json.dumps({"model": {"base_model": "demo"}}),
-     "the dataset's record count is 999, over this server's limit of 500 (PHI3LORA_MAX_RECORDS)"),
-    ("bob", "identity.json", json.dumps({"model": {"base_model": "demo", "trust_remote_code": True}}),
+    ("bob", "identity.jsonl", json.dumps({"model": {"base_model": "demo", "trust_remote_code": True}}),
      "this server does not run code from model repositories"),
-    ("bob", "identity.json", json.dumps({"model": {"base_model": "attacker/model-with-code"}}),
+    ("bob", "identity.jsonl", json.dumps({"model": {"base_model": "attacker/model-with-code"}}),
      "model.base_model: base model 'attacker/model-with-code' is not available on this server"),
-    ("bob", "identity.json", json.dumps({"model": {"base_model": "/etc"}}),
+    ("bob", "identity.jsonl", json.dumps({"model": {"base_model": "/etc"}}),
      "model.base_model: base model '/etc' is not available on this server"),
-    ("bob", "identity.json", json.dumps({"model": {"base_model": "demo"}, "max_steps": 10**9}),
+    ("bob", "identity.jsonl", json.dumps({"model": {"base_model": "demo"}, "max_steps": 10**9}),
      "training_config.max_steps is 1000000000, over this server's limit of 100000 (PHI3LORA_MAX_STEPS)"),
 ])
 def test_each_limit_names_itself_and_its_value(shared, user, dataset, settings, message):
     _, clients, _ = shared
     with pytest.raises(AppError, match=re.escape(message)):
         clients[user].predict(None, dataset, settings, api_name="/start_training")
+
+
+def test_the_record_limit_names_itself_and_its_value(shared, tmp_path):
+    _, clients, _ = shared
+    many = tmp_path / "many.json"  # a JSON array is read whole, then counted (a .jsonl stops at the limit)
+    many.write_text(json.dumps([{"instruction": f"q{i}", "output": "a"} for i in range(999)]))
+    with pytest.raises(AppError, match=re.escape(
+            "the dataset's record count is 999, over this server's limit of 500 (PHI3LORA_MAX_RECORDS)")):
+        clients["bob"].predict(handle_file(many), None, json.dumps({"model": {"base_model": "demo"}}),
+                               api_name="/start_training")
 
 
 def test_yaml_alias_bombs_in_settings_are_refused_at_once(shared):
@@ -184,7 +192,7 @@ def test_yaml_alias_bombs_in_settings_are_refused_at_once(shared):
     bomb = "\n".join(levels) + "\ntraining_config: {max_steps: *a8}\n"  # about 500 bytes, 9**9 leaves expanded
     started = time.monotonic()
     with pytest.raises(AppError, match="aliases") as refused:
-        clients["bob"].predict(None, "identity.json", bomb, api_name="/start_training")
+        clients["bob"].predict(None, "identity.jsonl", bomb, api_name="/start_training")
     assert time.monotonic() - started < 10 and len(str(refused.value)) < 500
 
 

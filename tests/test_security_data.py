@@ -606,7 +606,7 @@ def test_bob_cannot_read_alices_upload_through_the_hub_id_box(space, tmp_path):
 def test_an_outsiders_base_model_names_load_nothing_and_tell_nothing(space, tmp_path):
     server, hub = space
     eve = Page(server.url, "eve")
-    done, _ = eve.run("…or a dataset that ships with the app", "input", ["identity.json"])
+    done, _ = eve.run("…or a dataset that ships with the app", "input", ["identity.jsonl", "", "", None])
     assert done["success"], done["output"]
     connections_before = hub.connections
     answers = {}

@@ -43,19 +43,23 @@ def build_app(state: AppState | None = None) -> gr.Blocks:
         # Each visitor's uploads go to a private folder of their own, removed when their session ends.
         # (A callable initial value would add a public load endpoint, so the handlers create the folder.)
         upload_dir = gr.State(None, delete_callback=remove_folder)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("1 · Data"):
                 data = data_tab.build()
             with gr.Tab("2 · Train"):
                 train = train_tab.build()
             with gr.Tab("3 · Runs") as runs_item:
                 runs = runs_tab.build()
-            with gr.Tab("4 · Compare") as compare_item:
+            with gr.Tab("4 · Compare", id=compare_tab.COMPARE_TAB) as compare_item:
                 compare = compare_tab.build(state)
         data_tab.wire(data, state, upload_dir, train.base_model, train.max_length)
-        train_tab.wire(train, demo, data.dataset, data.data_format, data.drop_invalid, data.eval_size)
+        train_tab.wire(train, demo, data.dataset, data.data_format, data.drop_invalid, data.eval_size,
+                       [data.samples.name, data.samples.maker])
         runs_tab.wire(runs, runs_item, demo)
-        compare_tab.wire(compare, compare_item, state)
+        compare_tab.wire(compare, compare_item, state, demo)
+        # Compare now: the finished run on the Train tab, picked in Compare, which opens.
+        train.view.compare_button.click(compare_tab.show_run, [train.view.on_view, compare.added],
+                                        [compare.adapters, compare.chosen, tabs], api_visibility="private")
         # A started run appears in the Runs table at once.
         train.start_button.click(runs_tab.refresh, runs.run_pickers, [runs.table, *runs.run_pickers],
                                  api_visibility="private")

@@ -22,13 +22,11 @@ from gradio.route_utils import API_PREFIX
 from .. import settings
 from ..policy import limits
 from ..data import SUPPORTED_EXTENSIONS
+from ..data.samples import shipped_samples
 from ..errors import UserError
 
 log = logging.getLogger("phi3lora.ui")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-# Datasets that ship with the app: the shared samples beside the repository, and any inside the package.
-BUNDLED_DATASET_DIRS = (REPO_ROOT.parent / "shared" / "datasets", REPO_ROOT / "phi3lora" / "datasets")
 MAX_MESSAGE = 2000  # characters of an error shown on the page
 
 
@@ -87,6 +85,11 @@ def describe_size(mb: float) -> str:
 
 def uploads_root() -> Path:
     return settings.data_root() / "uploads"
+
+
+def session_folder(folder: str | None) -> str:
+    """This visitor's private upload folder (random name), made on their first upload."""
+    return folder or str(uploads_root() / secrets.token_hex(16))
 
 
 def prune_uploads(max_age_hours: float = 24.0) -> None:
@@ -227,14 +230,9 @@ def download_path(name: str) -> Path:
 # --- where datasets come from ----------------------------------------------------------------------------------
 
 def bundled_datasets() -> dict[str, Path]:
-    """Display name -> file, for the datasets that ship with the app."""
-    found: dict[str, Path] = {}
-    for folder in BUNDLED_DATASET_DIRS:
-        if folder.is_dir():
-            for path in sorted(folder.iterdir()):
-                if path.is_file() and path.suffix.lower() in SUPPORTED_EXTENSIONS:
-                    found.setdefault(path.name, path)
-    return found
+    """Display name -> file, for the datasets that ship with the app: the package's samples (data.samples),
+    whatever they are, in a clone and on a Space alike."""
+    return {name: sample.path for name, sample in shipped_samples().items()}
 
 
 def is_bundled(path: str | Path) -> bool:

@@ -8,20 +8,26 @@ that needs it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
 from ..policy import limits
+from ..runs import lifecycle, registry
 from ..policy.access import Visitor
 from ..inference.service import BASE_COLUMN, AdapterChoice, download_hub_adapter, import_adapter_zip
 from . import compare_blind, compare_eval
-from .common import forget_cached, hub_reachable, shows_errors
+from .common import forget_cached, hub_reachable, shows_errors, timestamp
 from .compare_blind import BlindTab
 from .compare_chat import (MAX_ADAPTER_COLUMNS, ChatForm, Sampling, adapter_options,
                            chat_queue, compare_api, contender_name, max_new_tokens_limit, regenerate, release, send)
 from .compare_eval import EvaluationTab
+from .safe_text import no_remote_images
 from .state import AppState, handler, input_set, read
+from .train_progress import RunOnView
 from .visitors import policy, require_training, visitor_of
+
+COMPARE_TAB = "compare"  # the Compare tab's id in app.py's gr.Tabs, for Compare now
 
 
 @dataclass
@@ -47,6 +53,8 @@ class CompareTab:
     four_bit: gr.Checkbox
     model_status: gr.Markdown
     release_button: gr.Button
+    note: gr.Markdown  # which adapters the columns compare with the base, or that none is chosen yet
+    chosen: gr.State  # whether the visitor has picked adapters themselves: then the newest run is not preselected
     blind: BlindTab | None = None
     evaluation: EvaluationTab | None = None
 
@@ -84,9 +92,11 @@ def _build_side_by_side(state: AppState) -> CompareTab:
     with gr.Row():
         adapters = gr.Dropdown([], value=[], multiselect=True, max_choices=MAX_ADAPTER_COLUMNS, scale=4,
                                label=f"Adapters (up to {MAX_ADAPTER_COLUMNS})",
+                               elem_id="compare-adapters",
                                info="Adapters of completed and cancelled runs, and those you add below. "
                                     "The base model always answers in the first column.")
         refresh_button = gr.Button("Refresh list", scale=1)
+    note = gr.Markdown(comparing_note([], {}), elem_id="compare-note")
     with gr.Accordion("Add an adapter: upload a zip or give a hub id", open=False):
         with gr.Row():
             zip_upload = gr.File(label="Adapter zip (adapter_config.json + adapter_model.safetensors)",
@@ -122,21 +132,25 @@ def _build_side_by_side(state: AppState) -> CompareTab:
         release_button = gr.Button("Release model memory", scale=1)
     return CompareTab(adapters, refresh_button, zip_upload, hub_id, hub_button, gr.State({}), gr.State([]), system,
                       chats, prompt, send_button, regenerate_button, clear_button, greedy, temperature, top_p,
-                      max_new_tokens, seed, four_bit, model_status, release_button)
+                      max_new_tokens, seed, four_bit, model_status, release_button, note, gr.State(False))
 
 
-def wire(tab: CompareTab, tab_item: gr.Tab, state: AppState) -> None:
+def wire(tab: CompareTab, tab_item: gr.Tab, state: AppState, demo: gr.Blocks | None = None) -> None:
+    """Connect the tab; with `demo`, the page's load also fills the adapter lists (and preselects the newest run)."""
     private = {"api_visibility": "private"}
     pickers = [tab.adapters, tab.blind.contender_a, tab.blind.contender_b, tab.evaluation.run]
-    for trigger in (tab_item.select, tab.refresh_button.click):
-        trigger(refresh_choices, [tab.added, *pickers], pickers, **private)
+    refresh_inputs = [tab.added, tab.chosen, *pickers]
+    for trigger in (tab_item.select, tab.refresh_button.click, *([demo.load] if demo else [])):
+        trigger(refresh_choices, refresh_inputs, pickers, **private)
+    tab.adapters.input(lambda: True, None, [tab.chosen], **private)  # the visitor's own pick: never overwritten
     tab.zip_upload.upload(add_zip, [tab.zip_upload, tab.added, tab.adapters],
                           [tab.added, tab.adapters, tab.zip_upload], **private).success(
-        refresh_choices, [tab.added, *pickers], pickers, **private)
+        refresh_choices, refresh_inputs, pickers, **private)
     tab.hub_button.click(add_hub, [tab.hub_id, tab.added, tab.adapters], [tab.added, tab.adapters], **private).success(
-        refresh_choices, [tab.added, *pickers], pickers, **private)
+        refresh_choices, refresh_inputs, pickers, **private)
     tab.adapters.change(show_columns, [tab.adapters, tab.added, tab.shown, *tab.chats],
                         [tab.shown, *tab.chats], **private)
+    tab.adapters.change(describe_choice, [tab.adapters, tab.added], [tab.note], show_progress="hidden", **private)
     tab.greedy.change(lambda greedy: [gr.Slider(interactive=not greedy)] * 2, [tab.greedy],
                       [tab.temperature, tab.top_p], **private)
 
@@ -167,8 +181,10 @@ def add_api(state: AppState) -> None:
 # --- picking adapters ------------------------------------------------------------------------------------------
 
 @shows_errors
-def refresh_choices(added: dict, picked: list[str] | None, contender_a: str | None, contender_b: str | None,
-                    evaluated: str | None, request: gr.Request):
+def refresh_choices(added: dict, chosen: bool, picked: list[str] | None, contender_a: str | None,
+                    contender_b: str | None, evaluated: str | None, request: gr.Request):
+    """Every picker's choices; what is picked stays. Until the visitor picks adapters themselves, the newest
+    finished run's adapter is picked for them, so that a first prompt shows the difference."""
     visitor = visitor_of(request)
     options = adapter_options(added, visitor)
     run_ids = [ref.removeprefix("run:") for _, ref in options
@@ -176,6 +192,9 @@ def refresh_choices(added: dict, picked: list[str] | None, contender_a: str | No
     refs = {ref for _, ref in options}
     contenders = [("Base model", BASE_COLUMN), *options]
     keep = [ref for ref in picked or [] if ref in refs]
+    newest_run = next((ref for _, ref in options if ref.startswith("run:")), None)  # options: runs newest first
+    if not keep and not chosen and newest_run:
+        keep = [newest_run]
     first_adapter = options[0][1] if options else None
     return (gr.Dropdown(choices=options, value=keep),
             gr.Dropdown(choices=contenders, value=contender_a if contender_a in refs | {BASE_COLUMN} else BASE_COLUMN),
@@ -228,3 +247,44 @@ def show_columns(picked: list[str] | None, added: dict, shown: list[str], *chats
                                   value=chats[slot + 1] if unchanged else []))
     return picked, gr.skip(), *updates
 
+
+
+# --- saying what is compared ------------------------------------------------------------------------------------
+
+@shows_errors
+def describe_choice(picked: list[str] | None, added: dict, request: gr.Request) -> str:
+    options = dict((ref, label) for label, ref in adapter_options(added, visitor_of(request)))
+    return comparing_note([ref for ref in picked or [] if ref in options], options)
+
+
+def comparing_note(picked: list[str], labels: dict[str, str]) -> str:
+    """One line: the base against which adapters (a run by its id, dataset and end), or how to pick one."""
+    if not picked:
+        return ("**No adapter chosen**: the base model answers alone. Pick a run's adapter above to see what "
+                "training changed.")
+    return "Comparing base with " + ", ".join(_named(ref, labels.get(ref, ref)) for ref in picked) + "."
+
+
+def _named(ref: str, label: str) -> str:
+    if not ref.startswith("run:"):
+        return no_remote_images(label)
+    try:
+        info = lifecycle.run_info(ref.removeprefix("run:"))
+    except registry.RunNotFound:
+        return no_remote_images(label)
+    finished = Path(info.adapter, "adapter_model.safetensors") if info.adapter else None
+    when = timestamp(finished.stat().st_mtime) if finished and finished.is_file() else info.status
+    return f"run **{info.id}** ({no_remote_images(Path(info.dataset).name)}, finished {when})"
+
+
+@shows_errors
+def show_run(on_view: RunOnView | None, added: dict, request: gr.Request):
+    """Compare now (Train tab): the run on view in the first column, picked as the visitor's own choice, and the
+    Compare tab opened."""
+    if on_view is None:
+        raise gr.Error("No run on view to compare.")
+    ref = f"run:{on_view.run_id}"
+    options = adapter_options(added, visitor_of(request))
+    if ref not in {r for _, r in options}:
+        raise gr.Error(f"Run {on_view.run_id} has no adapter to compare yet.")
+    return gr.Dropdown(choices=options, value=[ref]), True, gr.Tabs(selected=COMPARE_TAB)

@@ -16,13 +16,14 @@ from ..policy.allowed_models import is_allowed
 from ..config import DEFAULT_MAX_LENGTH, DataSettings
 from ..errors import UserError, shorten
 from ..modeling import ModelLoadError, choose_base_model
+from . import sample_pick
 from .common import (
-    bundled_datasets,
     describe_size,
     forget_cached,
     hub_reachable,
     max_upload_bytes,
     max_upload_mb,
+    session_folder,
     shows_errors,
     take_upload,
     uploads_root,
@@ -47,7 +48,7 @@ class DataTab:
     drop_invalid: gr.Checkbox
     eval_size: gr.Number
     upload: gr.File
-    bundled: gr.Dropdown
+    samples: sample_pick.SamplePicker  # the datasets that ship with the app
     hub_id: gr.Textbox
     hub_button: gr.Button
     summary: gr.Markdown
@@ -68,8 +69,7 @@ def build() -> DataTab:
         with gr.Column(scale=1, min_width=300):
             upload = gr.File(label=f"Upload a dataset (.jsonl, .json, .csv, .parquet; up to {describe_size(max_upload_mb())})",
                              file_types=list(data.SUPPORTED_EXTENSIONS), file_count="single", height=120)
-            bundled = gr.Dropdown(list(bundled_datasets()), value=None, label="…or a dataset that ships with the app",
-                                  interactive=True)
+            samples = sample_pick.build()
             with gr.Row():
                 hub_id = gr.Textbox(label="…or a Hugging Face dataset id", placeholder="owner/name or owner/name:split",
                                     scale=3)
@@ -97,7 +97,7 @@ def build() -> DataTab:
         with gr.Column():
             template = gr.Textbox(label="Exactly what the model is trained on (Phi-3 chat template)", lines=16,
                                   max_lines=16, interactive=False, buttons=["copy"])
-    return DataTab(gr.State(None), data_format, drop_invalid, eval_size, upload, bundled, hub_id, hub_button,
+    return DataTab(gr.State(None), data_format, drop_invalid, eval_size, upload, samples, hub_id, hub_button,
                    summary, problems, split, histogram, preview_pick, chat, template, gr.State(None))
 
 
@@ -109,11 +109,16 @@ def wire(tab: DataTab, state: AppState, upload_dir: gr.State, base_model: gr.Com
     shown = [tab.summary, tab.problems, tab.histogram, tab.preview_pick, tab.chat, tab.template, tab.analysis, tab.split]
     analyse_inputs = [tab.dataset, tab.data_format, base_model, max_length, tab.eval_size]
 
+    samples = tab.samples
+    elsewhere = [tab.dataset, upload_dir, samples.choice, samples.identity]  # a dataset not from the list
     for event, fn, inputs, outputs in [
-        (tab.upload.upload, use_upload, [tab.upload, upload_dir], [tab.dataset, upload_dir, tab.upload, tab.bundled]),
-        (tab.bundled.input, use_bundled, [tab.bundled], [tab.dataset]),
-        (tab.hub_button.click, use_hub, [tab.hub_id, upload_dir], [tab.dataset, upload_dir, tab.bundled]),
-        (tab.hub_id.submit, use_hub, [tab.hub_id, upload_dir], [tab.dataset, upload_dir, tab.bundled]),
+        (tab.upload.upload, use_upload, [tab.upload, upload_dir], [*elsewhere, tab.upload]),
+        (samples.choice.input, sample_pick.use_sample, [samples.choice, samples.name, samples.maker, upload_dir],
+         [tab.dataset, upload_dir, samples.identity]),
+        (tab.hub_button.click, use_hub, [tab.hub_id, upload_dir], elsewhere),
+        (tab.hub_id.submit, use_hub, [tab.hub_id, upload_dir], elsewhere),
+        *[(event, sample_pick.refill, [tab.dataset, samples.name, samples.maker], [tab.dataset])
+          for field in (samples.name, samples.maker) for event in (field.submit, field.blur)],
     ]:
         event(fn, inputs, outputs, **private).success(analyse_, analyse_inputs, shown, **private)
     tab.data_format.input(analyse_, analyse_inputs, shown, **private)
@@ -135,11 +140,6 @@ def add_api(state: AppState) -> None:
 
 # --- choosing a dataset ----------------------------------------------------------------------------------------
 
-def session_folder(folder: str | None) -> str:
-    """This visitor's private upload folder (random name), made on their first upload."""
-    return folder or str(uploads_root() / secrets.token_hex(16))
-
-
 @shows_errors
 def use_upload(cached: str | None, folder: str | None, request: gr.Request):
     if not cached:
@@ -148,15 +148,7 @@ def use_upload(cached: str | None, folder: str | None, request: gr.Request):
     folder = session_folder(folder)
     path = take_upload(cached, folder)
     # The cached copy is gone, so the upload box is cleared; the summary names the dataset instead.
-    return {"path": str(path), "name": path.name, "source": "uploaded"}, folder, None, None
-
-
-@shows_errors
-def use_bundled(name: str | None):
-    path = bundled_datasets().get(name or "")
-    if path is None:
-        raise gr.Error(f"No bundled dataset {name!r}; pick one from the list.")
-    return {"path": str(path), "name": name, "source": "ships with the app"}
+    return {"path": str(path), "name": path.name, "source": "uploaded"}, folder, None, gr.Group(visible=False), None
 
 
 @shows_errors
@@ -175,7 +167,8 @@ def use_hub(dataset_id: str, folder: str | None, request: gr.Request, max_rows: 
     if loaded.truncated:
         gr.Warning(f"{loaded.name} is larger than this server takes ({max_rows} records, "
                    f"{describe_size(max_upload_mb())}): only its first {loaded.rows} records are used.")
-    return {"path": str(loaded.path), "name": f"{loaded.name} (hub)", "source": "Hugging Face hub"}, folder, None
+    return ({"path": str(loaded.path), "name": f"{loaded.name} (hub)", "source": "Hugging Face hub"}, folder, None,
+            gr.Group(visible=False))
 
 
 def refuse_upload_unless_allowed(request: gr.Request, cached: str) -> None:

@@ -43,6 +43,7 @@ class ProgressView:
     log: gr.Textbox
     cancel_button: gr.Button
     resume_button: gr.Button
+    compare_button: gr.Button  # once the run has an adapter: chat with it on the Compare tab (app.py wires it)
     timer: gr.Timer
     on_view: gr.State  # RunOnView of the run on view (per visitor), or None
 
@@ -50,7 +51,7 @@ class ProgressView:
     def shown(self) -> list[gr.Component]:
         """What tick() fills in, in its order."""
         return [self.header, self.progress, self.losses, self.figures, self.log, self.cancel_button,
-                self.resume_button, self.timer]
+                self.resume_button, self.compare_button, self.timer]
 
 
 def build() -> ProgressView:
@@ -64,8 +65,9 @@ def build() -> ProgressView:
             with gr.Row():
                 cancel_button = gr.Button("Cancel", variant="stop", interactive=False)
                 resume_button = gr.Button("Resume", interactive=False)
+            compare_button = gr.Button("Compare now", variant="primary", visible=False)
     log = gr.Textbox(label="Log (tail)", lines=8, max_lines=8, interactive=False, autoscroll=True)
-    return ProgressView(header, progress, losses, figures, log, cancel_button, resume_button,
+    return ProgressView(header, progress, losses, figures, log, cancel_button, resume_button, compare_button,
                         gr.Timer(POLL_SECONDS, active=False), gr.State(None))
 
 
@@ -95,12 +97,13 @@ def tick(on_view: RunOnView | None):
     if on_view is None:
         return ("No run in progress: start one above, or look at earlier runs in the Runs tab.", "",
                 None, "", "", gr.Button(interactive=False), gr.Button(interactive=False),
-                gr.Timer(active=False))
+                gr.Button(visible=False), gr.Timer(active=False))
     try:
         info = on_view.watcher.info()
     except registry.RunNotFound:
         return (f"Run {on_view.run_id} no longer exists (deleted).", "", None, "", "",
-                gr.Button(interactive=False), gr.Button(interactive=False), gr.Timer(active=False))
+                gr.Button(interactive=False), gr.Button(interactive=False), gr.Button(visible=False),
+                gr.Timer(active=False))
     progress = on_view.watcher.progress
     points = (len(progress.train_curve), len(progress.eval_curve), progress.step)
     curves = gr.skip()
@@ -109,7 +112,7 @@ def tick(on_view: RunOnView | None):
         curves = _curves_frame(progress.train_curve, progress.eval_curve)
     return (_header(info), _progress_bar(info), curves, _figures(info), _plain(lifecycle.log_tail(info.id, 3000)),
             gr.Button(interactive=info.status in ACTIVE), gr.Button(interactive=info.status in RESUMABLE),
-            gr.Timer(active=info.status in ACTIVE))
+            gr.Button(visible=info.adapter is not None), gr.Timer(active=info.status in ACTIVE))
 
 
 def _plain(log: str) -> str:
@@ -127,7 +130,8 @@ def _header(info: lifecycle.RunInfo) -> str:
     what = {
         machine.QUEUED: "waiting in the queue for a free GPU slot",
         machine.RUNNING: "training",
-        machine.COMPLETED: "completed: the adapter is saved; download it or compare runs in the Runs tab",
+        machine.COMPLETED: "completed: the adapter is saved; **Compare now** chats with it beside the base model, "
+                           "the Runs tab downloads it",
         machine.FAILED: f"failed: {info.reason}",
         machine.CANCELLED: f"cancelled: {info.reason}",
         machine.INTERRUPTED: f"interrupted: {info.reason}",

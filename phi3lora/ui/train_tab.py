@@ -16,7 +16,8 @@ from ..config import PHI3_EMBEDDING_MODULE, PHI3_LINEAR_MODULES, ConfigError, Jo
 from ..job_builder import (assignments_for, build_job, default_base_model, model_defaults, resolve_job, text_layer,
                            values_layer)
 from ..modeling import DEFAULT_GPU_MODEL
-from . import train_progress
+from ..data.samples import shipped_samples
+from . import sample_pick, train_progress
 from .common import bundled_datasets, is_bundled, shows_errors, take_upload, uploads_root
 from .state import handler, input_set, read
 from .train_progress import ProgressView, RunOnView, tick
@@ -59,6 +60,7 @@ class TrainForm:
     eval_size: float | None
     method: str
     values: tuple  # the fields' values, in form_keys() order
+    identity: tuple = ("", "")  # the Data tab's Name and Maker, for a fillable sample
 
 
 @dataclass
@@ -70,15 +72,20 @@ class TrainFormInputs:
     eval_size: gr.Component
     method: gr.Component
     fields: dict[str, gr.Component]  # "section.field" -> its input, in form order
+    identity: list[gr.Component] | None = None  # the Data tab's Name and Maker fields
 
     def by_name(self) -> dict[str, gr.Component | list[gr.Component]]:
+        identity = {"identity": self.identity} if self.identity else {}
         return {"dataset": self.dataset, "data_format": self.data_format, "drop_invalid": self.drop_invalid,
-                "eval_size": self.eval_size, "method": self.method, "values": list(self.fields.values())}
+                "eval_size": self.eval_size, "method": self.method, "values": list(self.fields.values()), **identity}
 
     def read(self, values: dict) -> TrainForm:
         """The TrainForm of an event's values (inputs=self.inputs())."""
         got = read(values, self.by_name())
-        return TrainForm(**{**got, "values": tuple(got["values"])})
+        got["values"] = tuple(got["values"])
+        if "identity" in got:
+            got["identity"] = tuple(got["identity"])
+        return TrainForm(**got)
 
     def inputs(self) -> set[gr.Component]:
         return input_set(self.by_name())
@@ -159,10 +166,11 @@ def build() -> TrainTab:
     return TrainTab(method, fields, preview_button, yaml_view, cli_view, start_button, view)
 
 
-def wire(tab: TrainTab, demo: gr.Blocks, dataset: gr.State, data_format, drop_invalid, eval_size) -> None:
-    """Connect the tab; the dataset settings are the Data tab's."""
+def wire(tab: TrainTab, demo: gr.Blocks, dataset: gr.State, data_format, drop_invalid, eval_size,
+         identity: list[gr.Component] | None = None) -> None:
+    """Connect the tab; the dataset settings are the Data tab's (with its Name and Maker fields, `identity`)."""
     private = {"api_visibility": "private"}
-    form = TrainFormInputs(dataset, data_format, drop_invalid, eval_size, tab.method, tab.fields)
+    form = TrainFormInputs(dataset, data_format, drop_invalid, eval_size, tab.method, tab.fields, identity)
     view = tab.view
     model_fields = [tab.fields[k] for k in model_defaults(None)]
     tab.base_model.input(follow_model_defaults, [tab.base_model, *model_fields], model_fields, **private)
@@ -178,10 +186,11 @@ def add_api() -> None:
     dataset_file = gr.File(label="dataset_file", visible=False)
     dataset_name = gr.Textbox(label="dataset", visible=False)
     settings = gr.Textbox(label="settings", visible=False)
+    identity = [gr.Textbox(label=label, value="", visible=False) for label in ("identity_name", "identity_maker")]
     run_id_in, run_id_out = gr.Textbox(label="run_id", visible=False), gr.Textbox(label="run_id", visible=False)
     status_out, cancel_out = gr.JSON(label="run", visible=False), gr.Textbox(label="status", visible=False)
     for name, fn, inputs, outputs in [
-        ("start_training", start_training, [dataset_file, dataset_name, settings], [run_id_out]),
+        ("start_training", start_training, [dataset_file, dataset_name, settings, *identity], [run_id_out]),
         ("run_status", run_status, [run_id_in], [status_out]),
         ("cancel_training", cancel_training, [run_id_in], [cancel_out]),
     ]:
@@ -204,7 +213,8 @@ def form_config(dataset: dict | None, data_format: str, drop_invalid: bool, eval
 def preview(form: TrainForm):
     """The job as it will run (base model and its defaults resolved) as YAML, and as a command line that rebuilds
     exactly it: --data, --method and --model, then --set for each field the CLI would otherwise resolve differently."""
-    config, _ = resolve_job(form_config(form.dataset, form.data_format, form.drop_invalid, form.eval_size, form.method,
+    dataset = sample_pick.as_trained(form.dataset, *form.identity)
+    config, _ = resolve_job(form_config(dataset, form.data_format, form.drop_invalid, form.eval_size, form.method,
                                         form.values))
     data_path = config.data.path or "DATA.jsonl"
     output = f"runs/{Path(data_path).stem}-{config.method}"
@@ -223,7 +233,8 @@ def start(form: TrainForm, request: gr.Request):
     visitor = require_training(request)
     if not form.dataset:
         raise gr.Error("No dataset yet: upload or pick one on the Data tab first.")
-    config = form_config(form.dataset, form.data_format, form.drop_invalid, form.eval_size, form.method, form.values)
+    dataset = sample_pick.as_trained(form.dataset, *form.identity)  # the Name and Maker the fields say now
+    config = form_config(dataset, form.data_format, form.drop_invalid, form.eval_size, form.method, form.values)
     require_allowed_base(config.model.base_model)
     run_id = lifecycle.start_run(config, owner=visitor.owner_key)
     gr.Info(f"Run {run_id} queued; it starts as soon as the GPU is free.")
@@ -242,19 +253,25 @@ def settings_config(text: str | None) -> JobConfig:
 
 
 @shows_errors
-def start_training(dataset_file: str | None, dataset: str | None, settings: str | None, request: gr.Request) -> str:
+def start_training(dataset_file: str | None, dataset: str | None, settings: str | None, identity_name: str | None,
+                   identity_maker: str | None, request: gr.Request) -> str:
     """Queue a training run. dataset_file: an uploaded file; or dataset: the name (or path) of a dataset that
     ships with the app. settings: YAML/JSON overrides, e.g. {"model": {"base_model": "demo"},
-    "training_config": {"max_steps": 6}}. Returns the run id."""
+    "training_config": {"max_steps": 6}}. identity_name, identity_maker: the name and maker a fillable sample
+    (identity.jsonl) is filled in with (empty: its defaults). Returns the run id."""
     visitor = require_training(request)
     config = settings_config(settings)
     require_allowed_base(config.model.base_model)
     folder = uploads_root() / f"api-{secrets.token_hex(12)}"
     try:
+        filling = bool((identity_name or "").strip() or (identity_maker or "").strip())
         if dataset_file:
+            if filling:
+                raise gr.Error("identity_name and identity_maker fill in a dataset that ships with the app "
+                               "(identity.jsonl), not an uploaded file: pass the dataset by its name instead.")
             path = take_upload(dataset_file, folder)
         elif dataset and dataset.strip():
-            path = _bundled_path(dataset.strip())
+            path = _bundled_path(dataset.strip(), folder, identity_name, identity_maker)
         else:
             raise gr.Error("No dataset: pass dataset_file (an upload) or dataset (one of "
                            f"{', '.join(bundled_datasets()) or 'none here'}).")
@@ -264,13 +281,21 @@ def start_training(dataset_file: str | None, dataset: str | None, settings: str 
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _bundled_path(name: str) -> Path:
+def _bundled_path(name: str, folder: Path, identity_name: str | None, identity_maker: str | None) -> Path:
+    """The file of a dataset that ships with the app, named by its name or its path; a fillable sample filled in
+    (into `folder`) with the name and maker given. Nothing outside the samples' folder is ever named here."""
     found = bundled_datasets().get(name)
     if found is None and is_bundled(name):
-        found = Path(name)
+        found = Path(name).resolve()
     if found is None:
         raise gr.Error(f"{name!r} is not a dataset that ships with the app; choose one of "
                        f"{', '.join(bundled_datasets()) or '(none here)'}, or upload the file as dataset_file.")
+    sample = next(s for s in shipped_samples().values() if s.path.resolve() == found.resolve())
+    if sample.fillable:
+        return Path(sample_pick.sample_dataset(sample, folder, identity_name, identity_maker)["path"])
+    if (identity_name or "").strip() or (identity_maker or "").strip():
+        raise gr.Error(f"{sample.file} has no name or maker to fill in: leave identity_name and identity_maker "
+                       "empty, or use a sample that holds them (identity.jsonl).")
     return found
 
 

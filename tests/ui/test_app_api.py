@@ -4,11 +4,13 @@ One server for the whole file (starting it costs seconds on two cores), with a s
 over-limit case needs no large file: identity.json (20 KB) fits, alpaca_en_demo.json (860 KB) does not.
 """
 import json
+import re
 
 import httpx
 import pytest
 
 from conftest import REPO
+from phi3lora.data.samples import IDENTITY
 from app_server import app_server, wait_for_run
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
@@ -84,7 +86,7 @@ def test_over_limit_upload_is_refused_naming_the_limit(client, server, datasets_
 
 def test_bad_settings_name_the_field(client):
     with pytest.raises(AppError, match=r"training_config\.learning_rate: Input should be greater than 0"):
-        client.predict(None, "identity.json", json.dumps({"learning_rate": -1}), api_name="/start_training")
+        client.predict(None, "identity.jsonl", json.dumps({"learning_rate": -1}), api_name="/start_training")
     with pytest.raises(AppError, match="not a dataset that ships with the app"):
         client.predict(None, "/etc/passwd", "", api_name="/start_training")
     with pytest.raises(AppError, match="not a run id"):
@@ -95,7 +97,7 @@ def test_train_to_completion_and_cancel_another(client, datasets_dir):
     tiny = client.predict(handle_file(datasets_dir / "identity.json"), None, json.dumps(TINY_RUN),
                           api_name="/start_training")
     # A second, long run waits in the queue behind the first (one run at a time): cancel it there.
-    long = client.predict(None, "identity.json", "training_config: {num_train_epochs: 100}\nmodel: {base_model: demo}",
+    long = client.predict(None, "identity.jsonl", "training_config: {num_train_epochs: 100}\nmodel: {base_model: demo}",
                           api_name="/start_training")
     assert client.predict(long, api_name="/cancel_training") in ("queued", "running")
     assert wait_for_run(client, long, timeout=30)["status"] == "cancelled"
@@ -108,3 +110,41 @@ def test_train_to_completion_and_cancel_another(client, datasets_dir):
     assert info["train_loss"] is not None and info["adapter"]
     assert info["base_model"] == "demo" and info["dataset"] == "identity.json"
 
+
+
+# --- the identity sample's Name and Maker, as an attacker would type them -------------------------------------
+
+@pytest.mark.parametrize("name, maker, message", [
+    ("x" * 5000, "", "The identity's name is 5000 characters long; at most 60."),
+    ("Ada", "Evil\nCorp", "The identity's maker 'Evil\\nCorp' holds '\\n' (U+000A): type it on one line"),
+    ("Ada\x00", "", "name 'Ada\\x00' holds '\\x00' (U+0000)"),
+    ("\u202eAda", "", "holds RIGHT-TO-LEFT OVERRIDE (U+202E)"),
+    ("{{author}}", "", "holds '{{' or '}}'"),
+    ("Ada", "}}{{name", "holds '{{' or '}}'"),
+])
+def test_bad_identity_names_and_makers_are_refused_with_the_reason(client, server, name, maker, message):
+    with pytest.raises(AppError, match=re.escape(message)):
+        client.predict(None, "identity.jsonl", json.dumps(TINY_RUN), name, maker, api_name="/start_training")
+    assert not any((server.home / "uploads").glob("api-*")), "the refused fill leaves nothing behind"
+
+
+def test_a_path_like_identity_name_is_only_text(client, server):
+    """"../../x" names the assistant; it places no file: the filled copy is identity-x.jsonl in the run."""
+    run_id = client.predict(None, "identity.jsonl", json.dumps(TINY_RUN), "../../x", "/etc/passwd",
+                            api_name="/start_training")
+    try:
+        (snapshot,) = (server.home / "runs" / run_id / "dataset").iterdir()
+        assert snapshot.name == "identity-x.jsonl"
+        text = snapshot.read_text(encoding="utf-8")
+        assert "I am ../../x" in text and "/etc/passwd" in text and "{{name}}" not in text
+        assert not (server.home.parent / "x").exists() and not (server.home / "x").exists()
+    finally:
+        try:
+            client.predict(run_id, api_name="/cancel_training")
+        except AppError:
+            pass  # already over
+
+
+def test_name_and_maker_fill_only_a_sample_that_holds_them(client):
+    with pytest.raises(AppError, match="not an uploaded file"):
+        client.predict(handle_file(IDENTITY.path), None, "", "Ada", "", api_name="/start_training")
