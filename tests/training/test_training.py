@@ -1,4 +1,4 @@
-"""Real LoRA training of the demo model on identity.json, through the CLI in real processes, then checks of
+"""Real LoRA training of the demo model on the identity sample, through the CLI in real processes, then checks of
 what it leaves behind: the adapter layout, LoRA-only weights, plain-peft loading, and a changed identity."""
 import json
 
@@ -72,7 +72,7 @@ def test_run_folder_keeps_config_metrics_checkpoints_and_summary(identity_run):
     out, _ = identity_run
     config = load_job(out / "config.yaml")
     assert config.model.base_model == "demo" and config.method == "lora"
-    assert config.data.path.endswith("identity.json")
+    assert config.data.path.endswith("identity-wrenfield.jsonl")  # conftest.identity_dataset
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_losses = [e["loss"] for e in events if "loss" in e]
     eval_losses = [e["eval_loss"] for e in events if "eval_loss" in e]
@@ -81,7 +81,7 @@ def test_run_folder_keeps_config_metrics_checkpoints_and_summary(identity_run):
     checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"))
     assert checkpoints and (checkpoints[-1] / "adapter_model.safetensors").is_file()
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["train_conversations"] + summary["eval_conversations"] == 91
+    assert summary["train_conversations"] + summary["eval_conversations"] == 90
     assert summary["eval_loss"] is not None and summary["global_step"] > 0
 
 
