@@ -5,6 +5,7 @@
   training      useful tokens/s and peak memory, ours vs the Phi-3 Cookbook's LoRA recipe   (bench/training.py)
   side by side  base + adapter in one mixed batch vs two sequential generations              (bench/side_by_side.py)
   app           /run_status latency while training vs idle; cold start vs a bare Gradio app (bench/app_figures.py)
+  validate      `validate FILE` start to report vs the same with torch imported first     (bench/validate_start.py)
 
 --quick runs fewer steps and repeats (a few minutes on two CPU cores); --gpu benchmarks Phi-3-mini's size on the
 GPU instead of the demo model on the CPU (install requirements-gpu.txt first; bench/gpu_check.sh does, and checks
@@ -27,6 +28,7 @@ sys.path.insert(0, str(BENCH.parent))
 import app_figures  # noqa: E402
 import side_by_side  # noqa: E402
 import training  # noqa: E402
+import validate_start  # noqa: E402
 
 # (variant, what to compare, at least / at most, bound): the targets, checked on the printed ratios.
 # Memory is compared per useful token: ours packs 2048-token rows, the Cookbook pads 4 conversations a step.
@@ -113,11 +115,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
     parser.add_argument("--gpu", action="store_true", help="Phi-3-mini's size on the GPU (training)")
     parser.add_argument("--peak-tflops", type=float, help="with --gpu: the GPU's peak bf16 TFLOPS (default: by name)")
-    parser.add_argument("--only", choices=["training", "side_by_side", "app"], action="append",
+    parser.add_argument("--only", choices=["training", "side_by_side", "app", "validate"], action="append",
                         help="run only these parts (repeatable)")
     parser.add_argument("--out", type=Path, help="write the table, the details and the machine as JSON")
     args = parser.parse_args(argv)
-    parts = args.only or ["training", "side_by_side", "app"]
+    parts = args.only or ["training", "side_by_side", "app", "validate"]
     started = time.time()
     rows, details = [], {}
     if "training" in parts:
@@ -129,6 +131,12 @@ def main(argv=None) -> dict:
         rows += sbs_table
     if "app" in parts:
         rows += app_figures.run(quick=args.quick)
+    if "validate" in parts:
+        details["validate"] = result = validate_start.main(["--repeats", "3" if args.quick else "5"])
+        rows.append(row("validate FILE: start to report vs torch imported first", result["median_s"]["torch_first"],
+                        result["median_s"]["validate"], "s", f"<= {validate_start.TARGET}",
+                        f"{result['file']}; CPU {result['median_cpu_s']['validate']} s vs "
+                        f"{result['median_cpu_s']['torch_first']} s"))
     print_table(rows)
     report = {"command": " ".join(["python bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
               "machine": machine(), "seconds": round(time.time() - started), "rows": rows, "details": details}

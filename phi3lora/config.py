@@ -119,8 +119,12 @@ class ModelSettings(_Section):
 
 class DataSettings(_Section):
     path: str | None = Field(None, description="Dataset file: .jsonl, .json, .csv or .parquet.")
-    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion"] = Field(
+    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "phi3_text"] = Field(
         "auto", description="Record format; auto detects it from the columns."
+    )
+    columns: dict[str, str] | None = Field(
+        None, description="The file's columns read as the format's: target -> column, e.g. {prompt: question, "
+        "completion: answer} (--columns prompt=question,completion=answer). Empty: common names map by themselves."
     )
     drop_invalid: bool = Field(False, description="Skip records that fail validation instead of refusing the dataset.")
     eval_size: float = Field(

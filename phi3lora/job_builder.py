@@ -107,7 +107,20 @@ def values_layer(values: Mapping[Any, Any]) -> Layer:
             flat.update((_locate(f"{key}.{name}"), inner) for name, inner in value.items())
         else:
             flat[_locate(key)] = value
+    if flat.get("data.columns") is not None:
+        flat["data.columns"] = _column_mapping(flat["data.columns"])
     return Layer(flat)
+
+
+def _column_mapping(value: Any) -> dict[str, str] | None:
+    """data.columns checked as the data layer reads it, from a mapping or its text ("prompt=question,...", as
+    --columns, --set and a form give it); no mapping is null."""
+    from .data.columns import ColumnsError, check_columns
+
+    try:
+        return check_columns(value) or None
+    except ColumnsError as error:
+        raise ConfigError(f"data.columns: {str(error).removeprefix('column mapping: ')}") from None
 
 
 def assignments_layer(assignments: Iterable[str]) -> Layer:
@@ -149,7 +162,7 @@ def resolve_job(config: JobConfig) -> tuple[JobConfig, str]:
     portable) and, for the demo model, its own training defaults. Fields a user set stay; resolving a resolved job
     changes nothing; a job the base model cannot take (max_length past its positions) is refused here, before any
     run is queued or weights load. Returns (config, a line for the user saying what was filled in)."""
-    from .modeling import choose_base_model  # torch: imported where a job is about to run or be shown
+    from .base_model import choose_base_model  # no torch where this machine has no GPU it could use
 
     choice = choose_base_model(config.model.base_model)
     given = config.explicitly_set()
@@ -167,14 +180,14 @@ def resolve_job(config: JobConfig) -> tuple[JobConfig, str]:
 def model_defaults(base_model: str | None) -> dict[str, Any]:
     """The training settings whose default depends on the base model (`training_config.max_length`: 512 for the
     demo model, 2048 otherwise): what the Train form shows, so that what it says is what runs."""
-    from .modeling import choose_base_model
+    from .base_model import choose_base_model
 
     return _model_defaults(choose_base_model(base_model or None).is_demo)
 
 
 def default_base_model() -> str:
     """The base model of a job that names none, on this machine, as a job names it."""
-    from .modeling import choose_base_model
+    from .base_model import choose_base_model
 
     return _portable(choose_base_model(None))
 

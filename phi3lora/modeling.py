@@ -1,6 +1,7 @@
 """Load a Phi-3 base model and its tokenizer (dtype, attention, 4-bit), and attach LoRA adapters to it.
 
-Which base: a hub id, a local folder, or `demo` (the tiny Phi-3 shipped in `phi3lora/demo_model`).
+Which base: a hub id, a local folder, or `demo` (the tiny Phi-3 shipped in `phi3lora/demo_model`): base_model.py
+chooses it, and tokenizer_loading.py loads its tokenizer, both without torch.
 Weights load from safetensors only, and no code from a model repository runs unless asked for.
 A job's model-specific defaults (the demo model's own) are applied in job_builder.resolve_job.
 """
@@ -8,54 +9,20 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from . import settings as env_settings  # "settings" names a model's settings here
-from .errors import UserError
+from .base_model import DEFAULT_GPU_MODEL, DEMO_MODEL_DIR, BaseModelChoice, ModelLoadError, choose_base_model
 from .config import ModelSettings
+from .tokenizer_loading import load_tokenizer
 
-DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
-DEFAULT_GPU_MODEL = "microsoft/Phi-3-mini-4k-instruct"
+__all__ = [  # the base model's choice and the tokenizer live in torch-free modules; callers import them from here too
+    "DEFAULT_GPU_MODEL", "DEMO_MODEL_DIR", "END_OF_TURN", "BaseModelChoice", "ModelLoadError", "choose_base_model",
+    "load_base_model", "load_tokenizer", "resolve_dtype", "stop_token_ids",
+]
+
 END_OF_TURN = "<|end|>"  # Phi-3 closes every turn with it; generation must stop there, not only at <|endoftext|>
-
-
-class ModelLoadError(UserError, RuntimeError):
-    """The base model or tokenizer could not be loaded; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class BaseModelChoice:
-    name_or_path: str
-    is_demo: bool
-    why: str  # one line for the user: which model and why this one
-
-    def __str__(self) -> str:
-        return f"{self.name_or_path} ({self.why})"
-
-
-def choose_base_model(requested: str | None) -> BaseModelChoice:
-    """`demo` or empty on a machine without GPU -> the demo model; else the name given, $PHI3LORA_BASE_MODEL, or Phi-3-mini."""
-    if requested:
-        if requested == "demo":
-            return BaseModelChoice(str(DEMO_MODEL_DIR), True, "the embedded demo model, as asked")
-        return BaseModelChoice(requested, _same_folder(requested, DEMO_MODEL_DIR), "as asked")
-    from_env = env_settings.get_str("PHI3LORA_BASE_MODEL")
-    if from_env:
-        return choose_base_model(from_env) if from_env == "demo" else BaseModelChoice(from_env, False, "from $PHI3LORA_BASE_MODEL")
-    if torch.cuda.is_available():
-        return BaseModelChoice(DEFAULT_GPU_MODEL, False, "default on a CUDA GPU")
-    return BaseModelChoice(str(DEMO_MODEL_DIR), True, "the embedded demo model: no CUDA GPU here")
-
-
-def _same_folder(path: str, folder: Path) -> bool:
-    try:
-        return Path(path).resolve() == folder
-    except OSError:
-        return False
 
 
 def resolve_dtype(setting: str) -> torch.dtype:
@@ -65,18 +32,6 @@ def resolve_dtype(setting: str) -> torch.dtype:
         return torch.float32  # bf16 on CPUs without native support is ~35x slower than fp32
     # Without emulation: sm70/sm75 (V100, T4) answer True through emulation, at a fraction of fp16's speed.
     return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-
-
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(f"cannot load the tokenizer of {name_or_path!r}: {_first_line(error)}") from None
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        # Phi-3 pads with its eos. Padding is masked out of the loss, so the model would never learn to stop:
-        # pad with unk instead, as the Phi-3 model card's sample_finetune.py does.
-        tokenizer.pad_token = tokenizer.unk_token
-    return tokenizer
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:

@@ -26,7 +26,7 @@ def test_validate_prints_a_readable_report():
     done = run_cli("validate", REPO / "phi3lora" / "samples" / "tool_calls.jsonl", "--max-length", "256")
     assert done.returncode == 0
     assert "format:        messages" in done.stdout and "conversations: 21 usable" in done.stdout
-    assert "over max length 256: records" in done.stdout
+    assert "conversation(s) longer than 256 tokens; training keeps the first 256" in done.stdout
 
 
 BAD_FILES = {
@@ -34,7 +34,7 @@ BAD_FILES = {
     "empty.json": (b"", None, "empty"),
     "binary.json": (bytes(range(256)) * 4, None, "text"),
     "latin1.jsonl": ('{"instruction": "caf\u00e9", "output": "ok"}\n'.encode("latin-1"), None, "UTF-8"),
-    "columns.json": (json.dumps([{"question": "q", "answer": "a"}]).encode(), None, "'question'"),
+    "columns.json": (json.dumps([{"frage": "q", "antwort": "a"}]).encode(), None, "'frage'"),
     "roles.jsonl": (
         b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
         b'{"messages": [{"role": "assistant", "content": "first"}, {"role": "user", "content": "then"}]}\n',

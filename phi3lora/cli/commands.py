@@ -48,10 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     dataset = validate.add_mutually_exclusive_group(required=True)
     dataset.add_argument("path", nargs="?", help="dataset file, or hub:owner/name[:split] for a Hugging Face dataset")
     dataset.add_argument("--data", help="the same as PATH")
-    validate.add_argument("--format", default="auto", help="auto, messages, sharegpt, alpaca or prompt_completion")
+    validate.add_argument("--format", default="auto", help="auto, messages, sharegpt, alpaca, prompt_completion or phi3_text")
+    _add_columns_option(validate)
     validate.add_argument("--model", help="tokenizer for token statistics: hub id, folder or 'demo' (default: as for train)")
     validate.add_argument("--max-length", type=int, default=None,
-                          help=f"flag conversations longer than this many tokens (default {DEFAULT_MAX_LENGTH})")
+                          help="training's max_length to measure against (default: what train would use here "
+                          f"for the base model: 512 for the demo model, else {DEFAULT_MAX_LENGTH})")
     validate.add_argument("--json", action="store_true", help="print one JSON object")
     validate.set_defaults(run=_validate)
 
@@ -103,9 +105,16 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="base model: hub id, local folder or 'demo'")
     parser.add_argument("--config", help="YAML job file (e.g. config.yaml of an earlier run)")
     parser.add_argument("--format", help="dataset format (default: detect)")
+    _add_columns_option(parser)
     parser.add_argument("--drop-invalid", action="store_true", help="skip invalid records instead of refusing the dataset")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="any setting, e.g. --set learning_rate=2e-4 --set peft_config.r=8 (see config.yaml)")
+
+
+def _add_columns_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--columns", metavar="TARGET=COLUMN,...",
+                        help="read the file's columns as the format's, e.g. prompt=question,completion=answer "
+                        "(kept in config.yaml as data.columns)")
 
 
 def _add_launch_options(parser: argparse.ArgumentParser) -> None:
@@ -121,7 +130,7 @@ def _job_config(args):
     from ..job_builder import assignments_layer, build_job, file_layer, values_layer
 
     flags = {"data.path": args.data, "method": args.method, "model.base_model": args.model,
-             "data.format": args.format, "data.drop_invalid": args.drop_invalid}
+             "data.format": args.format, "data.drop_invalid": args.drop_invalid, "data.columns": args.columns}
     config = build_job(*([file_layer(args.config)] if args.config else []),
                        values_layer({key: value for key, value in flags.items() if value}),  # the flags given
                        assignments_layer(args.overrides))
@@ -151,45 +160,62 @@ def _data_file(given: str | None, keep_in: Path | None = None):
 
 
 def _validate(args) -> int:
+    """Torch-free: the job is resolved as `train` would resolve it on this machine (base model, its max_length),
+    and the tokenizer loads without torch, or transformers where exact (tokenizer_loading.py), so the report comes
+    in a second or two."""
     from .. import data
-    from ..job_builder import build_job, values_layer
-    from ..modeling import choose_base_model, load_tokenizer
-    from ..training.preflight import check_job_if_readable
+    from ..job_builder import build_job, resolve_job, values_layer
+    from ..tokenizer_loading import load_counting_tokenizer, quiet_transformers
 
     source = args.data or args.path
     with _data_file(source) as path:
         given = {"data.path": path, "data.format": args.format, "model.base_model": args.model,
-                 "training_config.max_length": args.max_length}
-        config = build_job(values_layer({key: value for key, value in given.items() if value}))
-        base_path = choose_base_model(config.model.base_model).name_or_path
-        check_job_if_readable(config, base_path)  # --max-length past the model's positions: refused as train would
-        dataset = data.read_dataset(config.data.path, config.data.format)
-    tokenizer = None
-    if dataset.conversations:
-        tokenizer = load_tokenizer(base_path)
-    report = data.report(dataset, tokenizer, config.training_config.max_length)
+                 "training_config.max_length": args.max_length, "data.columns": args.columns}
+        # the base model and max_length training would use here; --max-length past the model's positions is
+        # refused as train would refuse it
+        config, _ = resolve_job(build_job(values_layer({key: value for key, value in given.items() if value})))
+        dataset = data.read_dataset(config.data.path, config.data.format, columns=config.data.columns)
+    max_length, base_model = config.training_config.max_length, _base_path(config.model.base_model)
+    with quiet_transformers():  # the report says what is too long; no library warnings
+        tokenizer = load_counting_tokenizer(base_model) if dataset.conversations else None
+        report = data.report(dataset, tokenizer, max_length)
+    report["base_model"] = config.model.base_model
     if source.startswith(HUB):
         report["path"] = source  # its copy is gone
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
     else:
-        _print_report(report)
+        _print_report(report, args.max_length is not None)
     return 0 if dataset.ok else 1
 
 
-def _print_report(report: dict) -> None:
+def _base_path(base_model: str) -> str:
+    from ..base_model import choose_base_model
+
+    return choose_base_model(base_model).name_or_path
+
+
+LISTED = 20  # validate's text output lists this many problems or records; --json lists them all
+CUT_WORDS = {
+    "no_answer": "no assistant token left within them: nothing to learn, trl drops the conversation",
+    "last_answer_lost": "the last answer starts past the cut and is lost entirely (earlier answers train)",
+    "last_answer_cut": "the last answer is cut short",
+    "end_cut": "the answers are whole; only the end-of-turn after the last one is cut (it will not learn to stop there)",
+}
+
+
+def _print_report(report: dict, max_length_given: bool = False) -> None:
     print(f"file:          {report['path']}")
     print(f"format:        {report['format'] or 'unknown'}")
     print(f"records:       {report['records']}")
     print(f"conversations: {report['conversations']} usable")
     tokens = report.get("tokens")
     if tokens and tokens.get("count"):
+        why = ("as given" if max_length_given
+               else f"what train uses for base model {report['base_model']} here; --max-length N to change")
         print(f"tokens:        min {tokens['min']}, median {tokens['median']}, mean {tokens['mean']:.0f}, "
-              f"p95 {tokens['p95']}, max {tokens['max']}")
-        over = tokens["over_max_length"]
-        if over:
-            print(f"               {len(over)} over max length {tokens['max_length']}: records "
-                  + ", ".join(map(str, over[:20])) + (" ..." if len(over) > 20 else ""))
+              f"p95 {tokens['p95']}, max {tokens['max']}; max length {tokens['max_length']} ({why})")
+        _print_cuts(tokens)
     for warning in report.get("warnings", []):
         print(f"warning: {warning}")
     for note in report.get("notes", []):
@@ -197,10 +223,32 @@ def _print_report(report: dict) -> None:
     errors = report["errors"]
     if errors:
         print(f"{len(errors)} problem(s):")
-        for error in errors:
+        for error in errors[:LISTED]:
             where = f"record {error['record']}" if error["record"] is not None else "file"
             print(f"  {where}: {error['message']}")
+        if len(errors) > LISTED:
+            print(f"  ... and {len(errors) - LISTED} more; --json lists them all")
     print("usable" if report["ok"] else "NOT usable: fix the problems above, or train with --drop-invalid to skip them")
+
+
+def _print_cuts(tokens: dict) -> None:
+    over = tokens["over_max_length"]
+    if not over:
+        return
+    print(f"over length:   {len(over)} conversation(s) longer than {tokens['max_length']} tokens; training keeps the "
+          f"first {tokens['max_length']} tokens of each and cuts the end:")
+    for outcome, words in CUT_WORDS.items():
+        records = [cut["record"] for cut in tokens["cut"] if cut["outcome"] == outcome]
+        if records:
+            print(f"  {len(records)}: {words}: records {_records(records)}")
+    unknown = [cut["record"] for cut in tokens["cut"] if cut["outcome"] is None]
+    if unknown:
+        print(f"  {len(unknown)}: answers not found in the template's text, so not checked: records {_records(unknown)}")
+
+
+def _records(records: list[int]) -> str:
+    more = len(records) - LISTED
+    return ", ".join(map(str, records[:LISTED])) + (f" ... and {more} more" if more > 0 else "")
 
 
 def _train(args) -> int:

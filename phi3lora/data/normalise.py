@@ -5,8 +5,11 @@
                      tool_calls -> "Function call:\\n" + [{"name", "arguments"}] JSON after its text
   sharegpt           human -> user, gpt -> assistant, system -> system,             (see _SHAREGPT_ROLES)
                      function_call -> assistant "Function call:\\n...", observation -> user "Function result:\\n..."
+                     (either format's turns are read by their shape under `messages` or `conversations`)
   alpaca             history pairs first, then user = instruction + "\\n\\n" + input, assistant = output
-  prompt_completion  two strings (one user turn, one assistant turn) or two lists of messages
+  prompt_completion  a system column (if any), then two strings (one user turn, one assistant turn) or two lists
+                     of messages
+  phi3_text          the turns of the Phi-3 chat markup in `text` (markup.py)
 
 A `tools` value (JSON text or a list) opens the system message: "You can call these functions:\\n" + its JSON.
 Bad content never raises past `normalise`: it raises Invalid, whose messages become the record's problems.
@@ -18,7 +21,8 @@ from dataclasses import replace
 from typing import Any
 
 from .files import NotJSON, loads
-from .formats import REQUIRED
+from .formats import REQUIRED, TURN_FORMATS, turn_list_format, turn_list_key
+from .markup import phi3_turns
 from .turns import Invalid, Turn, check_turns
 from .wording import describe, quoted, shown
 
@@ -43,6 +47,8 @@ _SHAREGPT_ROLES = {
 
 def normalise(record: dict, fmt: str) -> list[dict[str, str]]:
     missing = [key for key in REQUIRED[fmt] if record.get(key) is None]
+    if fmt in TURN_FORMATS and turn_list_key(record):
+        missing = []  # its turns are under the other key
     if missing:
         raise Invalid(f"missing {quoted(missing)} (the {fmt} format needs {quoted(REQUIRED[fmt])})")
     turns = _NORMALISERS[fmt](record)
@@ -52,9 +58,14 @@ def normalise(record: dict, fmt: str) -> list[dict[str, str]]:
     return [{"role": turn.role, "content": turn.content} for turn in turns]
 
 
-def _normalise_messages(record: dict) -> list[Turn]:
-    messages = _list_field(record, "messages", "a list of {role, content} objects")
-    return _add_tools(_message_turns(messages, "turn"), record.get("tools"))
+def _normalise_turn_list(record: dict) -> list[Turn]:
+    """messages and sharegpt: the turns under either key, read by their shape (formats.turn_list_format)."""
+    key = turn_list_key(record)
+    turns = _list_field(record, key, "a list of {role, content} objects" if key == "messages"
+                        else "a list of {from, value} objects")
+    if turn_list_format(turns, key) == "messages":
+        return _add_tools(_message_turns(turns, "turn"), record.get("tools"))
+    return _add_tools(_system_turns(record.get("system")) + _sharegpt_turns(turns), record.get("tools"))
 
 
 def _message_turns(messages: list, where: str) -> list[Turn]:
@@ -105,8 +116,7 @@ def _simple_call(call: Any) -> Any:
     return {"name": function["name"], "arguments": arguments}
 
 
-def _normalise_sharegpt(record: dict) -> list[Turn]:
-    conversation = _list_field(record, "conversations", "a list of {from, value} objects")
+def _sharegpt_turns(conversation: list) -> list[Turn]:
     turns = []
     for number, turn in enumerate(conversation, 1):
         if not isinstance(turn, dict):
@@ -115,7 +125,7 @@ def _normalise_sharegpt(record: dict) -> list[Turn]:
         role, prefix = _SHAREGPT_ROLES[name]
         turns.append(Turn.numbered(number, role, name, _prefixed(prefix, turn.get("value"))))
     _check_function_calls(turns)
-    return _add_tools(_system_turns(record.get("system")) + turns, record.get("tools"))
+    return turns
 
 
 def _check_function_calls(turns: list[Turn]) -> None:
@@ -154,19 +164,28 @@ def _normalise_prompt_completion(record: dict) -> list[Turn]:
     as_lists = _json_list(prompt), _json_list(completion)
     if all(_looks_like_messages(value) for value in as_lists):  # conversational pairs saved as JSON text (CSV)
         prompt, completion = as_lists
+    system = _system_turns(record.get("system"))
     if isinstance(prompt, str) and isinstance(completion, str):
-        return [Turn.named("prompt", "user", prompt), Turn.named("completion", "assistant", completion)]
+        return system + [Turn.named("prompt", "user", prompt), Turn.named("completion", "assistant", completion)]
     if isinstance(prompt, list) and isinstance(completion, list):
-        return _message_turns(prompt, "prompt turn") + _message_turns(completion, "completion turn")
+        return system + _message_turns(prompt, "prompt turn") + _message_turns(completion, "completion turn")
     raise Invalid("prompt and completion must both be strings or both be lists of messages, "
                    f"found {describe(prompt)} and {describe(completion)}")
 
 
+def _normalise_phi3_text(record: dict) -> list[Turn]:
+    text = record["text"]
+    if not isinstance(text, str):
+        raise Invalid(f"text must be a string of Phi-3 chat markup, found {describe(text)}")
+    return phi3_turns(text)
+
+
 _NORMALISERS = {
-    "messages": _normalise_messages,
-    "sharegpt": _normalise_sharegpt,
+    "messages": _normalise_turn_list,
+    "sharegpt": _normalise_turn_list,
     "alpaca": _normalise_alpaca,
     "prompt_completion": _normalise_prompt_completion,
+    "phi3_text": _normalise_phi3_text,
 }
 
 

@@ -1,7 +1,8 @@
 """What the trainer, the CLI and the app do with a loaded dataset: take its usable conversations (or refuse it
 with every problem listed), render them with the chat template, count their tokens, split train and eval, hand
-them to datasets, and summarise it all as a JSON-ready report. The tokenizer comes from the caller; datasets is
-imported only when a conversation list becomes a datasets.Dataset.
+them to datasets, and summarise it all as a JSON-ready report (with what training cuts of the longest ones:
+truncation.py). The tokenizer comes from the caller; datasets is imported only when a conversation list becomes a
+datasets.Dataset.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ..config import DEFAULT_MAX_LENGTH, eval_size_problem
 from ..errors import shorten
 from .dataset import Conversation, DatasetError, LoadedDataset, Problem, TokenStats
 from .template import for_template, has_system_role, system_role_note
+from .truncation import KEEPS, OUTCOMES, cuts, measure
 
 MAX_LISTED_PROBLEMS = 20  # a refusal lists this many problems, then how many more
 
@@ -106,9 +108,18 @@ def to_hf_dataset(conversations: list[Conversation]):
 
 def report(ds: LoadedDataset, tokenizer=None, max_length: int = DEFAULT_MAX_LENGTH, lengths: list[int] | None = None) -> dict:
     """A JSON-ready summary: counts, problems, warnings, notes (how the tokenizer's template takes the data) and
-    (with a tokenizer) token statistics; `lengths` as for token_stats."""
-    tokens = (asdict(token_stats(tokenizer, ds.conversations, max_length, lengths)) if tokenizer is not None
-              else None)
+    (with a tokenizer) token statistics, with what training cuts of each conversation over max_length
+    (tokens.cut, truncation.py); `lengths` as for token_stats."""
+    tokens = None
+    if tokenizer is not None:
+        if lengths is None:
+            lengths, found = measure(tokenizer, ds.conversations, max_length)  # one pass: counts and cuts
+        else:
+            found = cuts(tokenizer, ds.conversations, lengths, max_length)
+        tokens = asdict(token_stats(tokenizer, ds.conversations, max_length, lengths))
+        tokens["keeps"] = KEEPS
+        tokens["cut"] = [asdict(cut) for cut in found]
+        tokens["cut_outcomes"] = {outcome: sum(cut.outcome == outcome for cut in found) for outcome in OUTCOMES}
     note = system_role_note(tokenizer, ds.conversations) if tokenizer is not None else None
     return {
         "path": str(ds.path),

@@ -78,7 +78,7 @@ def evaluation_dir(run_id: str) -> Path:
 def eval_split(run_id: str) -> tuple[JobConfig, list[data.Conversation]]:
     """The run's resolved job and the conversations its training held out, rebuilt as training.prepare builds them."""
     config = load_job(registry.run_dir(run_id) / "config.yaml")
-    dataset = data.read_dataset(config.data.path, config.data.format)
+    dataset = data.read_dataset(config.data.path, config.data.format, columns=config.data.columns)
     conversations = data.usable_conversations(dataset, drop_invalid=config.data.drop_invalid)
     _, held_out = data.split_train_eval(conversations, config.data.eval_size, config.training_config.seed)
     if not held_out:

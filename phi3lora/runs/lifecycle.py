@@ -116,7 +116,7 @@ def start_run(config: JobConfig, owner: str | None = None, processes: int | None
     resume launches the same way."""
     if not config.data.path:
         raise UserError("no dataset: set data.path (--data)")
-    dataset = data.read_dataset(config.data.path, config.data.format)
+    dataset = data.read_dataset(config.data.path, config.data.format, columns=config.data.columns)
     data.usable_conversations(dataset, drop_invalid=config.data.drop_invalid)  # refuse bad data now, not in a failed run
     _check_launch(config, processes, accelerate_config)  # a missing package, too many processes: before any work
     from ..job_builder import resolve_job, write_job_file  # here, not at the top: it imports torch (model defaults)
@@ -242,7 +242,7 @@ def _queue_attempt(path: Path, resume: bool, processes: int | None = None, accel
 
 
 def _gpu_need(config: JobConfig, what: str) -> dict:
-    from ..modeling import choose_base_model  # here, not at the top: it imports torch
+    from ..base_model import choose_base_model  # torch-free where no GPU could be used
 
     base = choose_base_model(config.model.base_model).name_or_path
     return gpu_memory.gpu_request("train", what, base, config.model.dtype, config.model.load_in_4bit)

@@ -214,9 +214,9 @@ def gpu_request(kind: str, what: str, name_or_path: str, dtype: str, load_in_4bi
 def bytes_per_parameter(dtype: str) -> float:
     """Bytes of one weight loaded in `dtype` (a ModelSettings.dtype; "auto" is bf16/fp16 on a GPU, fp32 on a CPU)."""
     if dtype == "auto":
-        import torch
+        from ..base_model import cuda_available  # no torch import where none could use a GPU
 
-        return 2.0 if torch.cuda.is_available() else 4.0
+        return 2.0 if cuda_available() else 4.0
     return {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0}.get(dtype, 4.0)
 
 

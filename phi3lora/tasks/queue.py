@@ -47,9 +47,13 @@ def gpu_set() -> str:
 
 
 def gpu_count() -> int:
+    from ..base_model import cuda_available  # without importing torch where it was built for no GPU (`runs start`)
+
+    if not cuda_available():
+        return 0
     import torch  # here, not at the top: only a supervisor that is about to start a GPU task asks
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return torch.cuda.device_count()
 
 
 def my_turn(folder: Path, gpus: str, status_of: Callable[[Path], str | None]) -> bool:

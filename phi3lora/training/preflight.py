@@ -15,10 +15,11 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from ..chat_templates import marked_template
 from ..config import ConfigError, JobConfig
-from ..modeling import ModelLoadError
+from ..base_model import ModelLoadError, model_file
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,12 @@ def _hub_config(name: str):
 
 
 def _config_or_none(name_or_path: str):
+    found = model_file(name_or_path, "config.json")
+    positions = (found or {}).get("max_position_embeddings")
+    if isinstance(positions, int):  # the number itself, read as JSON: AutoConfig would import torch (validate's start)
+        return SimpleNamespace(max_position_embeddings=positions)
+    if found is None and Path(name_or_path).is_dir():
+        return None  # a folder without config.json (a tokenizer alone): AutoConfig could not read it either
     try:
         return read_model_config(name_or_path)
     except ModelLoadError:

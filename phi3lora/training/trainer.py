@@ -124,12 +124,14 @@ def prepare(config: JobConfig, output_dir: Path, log=print, callbacks: list[Trai
         _check_liger_can_run()
 
     # 1. Data: every record checked before any model loads.
-    dataset = data.read_dataset(config.data.path, config.data.format)
+    dataset = data.read_dataset(config.data.path, config.data.format, columns=config.data.columns)
     conversations = data.usable_conversations(dataset, drop_invalid=config.data.drop_invalid)
     train_split, eval_split = data.split_train_eval(conversations, config.data.eval_size, config.training_config.seed)
-    dropped = dataset.records - len(conversations)
+    dropped = len({problem.record for problem in dataset.problems})  # not the KTO records read_dataset left out
     log(f"data: {dataset.format}, {len(train_split)} train / {len(eval_split)} eval conversations"
         + (f" ({dropped} invalid records dropped)" if dropped else ""))
+    for warning in dataset.warnings:  # columns mapped by their names, KTO records left out, ignored columns
+        log(f"data: warning: {warning}")
 
     # 2. The tokenizer and the model's config.json: every check of the job against the model before its weights load.
     base_path = choose_base_model(config.model.base_model).name_or_path

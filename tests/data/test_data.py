@@ -387,8 +387,8 @@ MALFORMED = {
                        "an object holding one list of records; found an object with keys 'train', 'test'", 0),
     "no_records.json": (b"[]", None, "the file holds no records", 0),
     "header_only.csv": (b"instruction,output\n", None, "the file holds no records", 0),
-    "columns.json": (json.dumps([{"question": "q", "answer": "a"}, {"question": "q2", "source": "x"}]).encode(), None,
-                     "no known format: found columns 'question', 'answer', 'source'; expected 'messages', "
+    "columns.json": (json.dumps([{"frage": "q", "antwort": "a"}, {"frage": "q2", "quelle": "x"}]).encode(), None,
+                     "no known format: found columns 'frage', 'antwort', 'quelle'; expected 'messages', "
                      "'conversations', 'instruction'+'output', or 'prompt'+'completion'", 0),
     "text.parquet": (jsonl(GOOD), None, "not a readable Parquet file", 0),
     "notes.txt": (jsonl(GOOD), None, "unsupported file type '.txt': use .jsonl, .json, .csv, .parquet", 0),
