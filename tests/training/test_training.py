@@ -31,8 +31,8 @@ def test_output_names_the_base_model_and_the_run_took_the_demo_defaults(identity
     assert (training.learning_rate, training.num_train_epochs, training.max_length) == (5e-3, 10.0, 512)
 
 
-def test_foreground_training_says_which_demo_defaults_it_applied(datasets_dir, tmp_path):
-    done = run_cli("train", "--data", datasets_dir / "identity.json", "--output", tmp_path, "--set", "max_steps=1",
+def test_foreground_training_says_which_demo_defaults_it_applied(identity_data, tmp_path):
+    done = run_cli("train", "--data", identity_data, "--output", tmp_path, "--set", "max_steps=1",
                    "--set", "eval_size=0", "--set", "save_strategy=no")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "demo-model defaults: learning_rate=0.005" in done.stdout
