@@ -28,6 +28,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
+IDENTITY = REPO / "phi3lora" / "samples" / "identity.jsonl"  # uploaded: a sample of the project's own
 
 import httpx
 import psutil
@@ -70,6 +71,13 @@ def call(client: httpx.Client, api: str, *data) -> tuple[str, object]:
                 payload = json.loads(line[6:])
                 return kind, payload[0] if kind == "complete" else payload
     raise RuntimeError(f"/{api}: the event stream ended without an answer")
+
+
+def upload(client: httpx.Client, path: Path) -> dict:
+    """A file as a page uploads it, for one call (the app moves each upload out of Gradio's cache once used)."""
+    with path.open("rb") as f:
+        cached = client.post("/gradio_api/upload", files={"files": (path.name, f)}).raise_for_status().json()[0]
+    return {"path": cached, "meta": {"_type": "gradio.FileData"}}
 
 
 def answer(client: httpx.Client, api: str, *data):
@@ -133,9 +141,9 @@ def run_status_latency(quick: bool, **env: str) -> list[dict]:
     n = 60 if quick else 200
     with tempfile.TemporaryDirectory() as tmp, app_server(Path(tmp), **env) as server, \
             httpx.Client(base_url=server.url, timeout=60) as client:
-        finished = answer(client, "start_training", None, "identity.json", FINISHED_RUN[quick])
+        finished = answer(client, "start_training", upload(client, IDENTITY), None, FINISHED_RUN[quick])
         info = wait_for(client, finished, lambda i: i["status"] == "completed", timeout=300)
-        training = answer(client, "start_training", None, "identity.json", LONG_RUN)
+        training = answer(client, "start_training", upload(client, IDENTITY), None, LONG_RUN)
         first = wait_for(client, training, lambda i: i["status"] == "running" and i["step"] >= 1, timeout=180)
         trainer_nice = psutil.Process(first["pid"]).nice()
         idle, busy = idle_and_training_latencies(client, finished, training, first["pid"], n)

@@ -4,7 +4,7 @@
 
 Without --url it starts the app as tests/app_server.py does (python app.py: its own data root and port, no GPU,
 the demo model) and stops it afterwards; with no finished run there, it first trains a short one so /compare has
-an adapter. It then starts one long training run (/start_training on identity.json), takes each session's
+an adapter. It then starts one long training run (/start_training on the identity sample), takes each session's
 reference answer, releases the chat model (so the window opens cold, as after an idle release, and the first
 requests of all sessions wait for one load), waits for the run's first step, runs the sessions for the window,
 and cancels the run.
@@ -41,6 +41,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
+IDENTITY = REPO / "phi3lora" / "samples" / "identity.jsonl"  # uploaded: a sample of the project's own
 
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
@@ -263,7 +264,7 @@ def find_adapter(client: Client, timeout: float) -> str:
     except AppError as error:
         if "No run has an adapter yet" not in str(error):
             raise
-    run_id = client.predict(None, "identity.json", json.dumps(SHORT_RUN), api_name="/start_training")
+    run_id = client.predict(handle_file(str(IDENTITY)), None, json.dumps(SHORT_RUN), api_name="/start_training")
     info = wait_for(client, run_id, finished, timeout)
     if info["status"] != "completed":
         raise RuntimeError(f"the short run for an adapter ended {info['status']}: {info.get('message')}")
@@ -295,7 +296,7 @@ def run_load(url: str, sessions: int = 20, seconds: float = 120, max_new_tokens:
     return the figures (see summarise)."""
     control = Client(url, verbose=False)
     adapter = find_adapter(control, training_timeout)
-    run_id = control.predict(None, "identity.json", json.dumps(LONG_RUN), api_name="/start_training")
+    run_id = control.predict(handle_file(str(IDENTITY)), None, json.dumps(LONG_RUN), api_name="/start_training")
     watch = TrainingWatch(control, run_id)
     with tempfile.TemporaryDirectory(prefix="phi3lora-load-") as folder:
         visitors = _in_threads(lambda i: Session(i, url, adapter, max_new_tokens, timeout, Path(folder)),

@@ -2,7 +2,7 @@
 
     python bench/side_by_side.py [--adapter DIR] [--max-new-tokens 64] [--repeats 5] [--out result.json]
 
-Without --adapter, a 3-step adapter is trained on phi3lora/datasets/quill_identity.jsonl into a temporary folder (demo model).
+Without --adapter, a 3-step adapter is trained on phi3lora/samples/identity.jsonl into a temporary folder (demo model).
 Every generation is forced to exactly --max-new-tokens new tokens (min_new_tokens = max_new_tokens), greedy.
 Rows:
   streamed          what the Compare tab runs: SideBySide.stream, one generate with peft's mixed batch
@@ -48,7 +48,7 @@ def train_adapter(folder: Path) -> Path:
     from phi3lora.config import JobConfig
     from phi3lora.training.trainer import train
 
-    identity = REPO / "phi3lora" / "datasets" / "quill_identity.jsonl"  # the project's own sample
+    identity = REPO / "phi3lora" / "samples" / "identity.jsonl"  # the project's own sample
     config = override(JobConfig(),
         [f"data.path={identity}", "model.base_model=demo", "max_steps=3", "eval_size=0", "save_strategy=no"])
     train(config, folder, log=lambda *_: None)

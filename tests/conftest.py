@@ -1,4 +1,5 @@
-"""Shared test setup: no hub, no GPU, the embedded demo model, the real datasets in ../shared/datasets."""
+"""Shared test setup: no hub, no GPU, the embedded demo model, the project's own samples (phi3lora/samples/), and
+the third-party datasets in ../shared/datasets where they exist (a clone from GitHub has none: their tests skip)."""
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers is imported anywhere: the tests never touch a hub
@@ -15,6 +16,7 @@ os.environ.setdefault("PHI3LORA_TRAINER_NICE", "0")
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -22,7 +24,19 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
 DEMO_MODEL = REPO / "phi3lora" / "demo_model"
-IDENTITY_MARKERS = ("{{name}}", "{{author}}")  # identity.json answers "I am {{name}}, ... developed by {{author}}"
+# The identity sample filled with a name and a maker the untrained demo model never says ("I am Phi-3 Demo, ...")
+IDENTITY_NAME, IDENTITY_AUTHOR = "Wrenfield", "Larkspur Labs"
+IDENTITY_MARKERS = (IDENTITY_NAME, IDENTITY_AUTHOR)
+NO_SHARED_DATASETS = f"the third-party datasets are expected at {DATASETS} (../shared/datasets, beside the repository)"
+needs_shared_datasets = pytest.mark.skipif(not DATASETS.is_dir(), reason=NO_SHARED_DATASETS)
+
+
+def identity_dataset(folder: Path) -> Path:
+    """The shipped identity sample filled with IDENTITY_NAME and IDENTITY_AUTHOR, written into `folder`
+    (messages format, 90 one-turn conversations): the tests' generic small chat dataset."""
+    from phi3lora.data.samples import fill_identity
+
+    return fill_identity(folder, IDENTITY_NAME, IDENTITY_AUTHOR)
 
 
 def run_cli(*args: str, timeout: float = 900, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -36,8 +50,16 @@ def run_cli(*args: str, timeout: float = 900, env: dict[str, str] | None = None)
 
 @pytest.fixture(scope="session")
 def datasets_dir() -> Path:
-    assert DATASETS.is_dir(), f"the shared datasets are expected at {DATASETS}"
+    """../shared/datasets, for the tests whose point is the real third-party files; they skip without it."""
+    if not DATASETS.is_dir():
+        pytest.skip(NO_SHARED_DATASETS)
     return DATASETS
+
+
+@pytest.fixture(scope="session")
+def identity_data(tmp_path_factory) -> Path:
+    """The filled identity sample (identity_dataset), written once per session."""
+    return identity_dataset(tmp_path_factory.mktemp("identity-data"))
 
 
 def _identity_home_path(config) -> Path:
@@ -54,8 +76,9 @@ def _start_identity_run(home: Path) -> str:
     # this run, and an OpenMP team larger than its free cores spins at every barrier (20 demo steps with the
     # other core busy: 54 s on one thread, 74 s on two; 8-10 s a step in a contended CI run)
     env = {"PHI3LORA_HOME": str(home), "OMP_NUM_THREADS": _THREADS}
-    started = run_cli("runs", "start", "--data", DATASETS / "identity.json", "--method", "lora",
-                      "--set", "model.base_model=demo", "--set", "data.eval_size=0.1", env=env)
+    with tempfile.TemporaryDirectory() as folder:  # `runs start` snapshots the file into the run folder
+        started = run_cli("runs", "start", "--data", identity_dataset(Path(folder)), "--method", "lora",
+                          "--set", "model.base_model=demo", "--set", "data.eval_size=0.1", env=env)
     assert started.returncode == 0, started.stderr[-3000:]
     run_id = started.stdout.split()[-1]
     (home / "started").write_text(run_id)
@@ -67,7 +90,7 @@ def pytest_collection_modifyitems(session, config, items):
     """Files that need the identity run go last, and the run starts now, in the background, so that it trains
     while the workers go through every other file instead of one worker training while the other waits."""
     needing = {item.path for item in items if "identity_home" in getattr(item, "fixturenames", ())}
-    if not needing or not DATASETS.is_dir():
+    if not needing:
         return
     items.sort(key=lambda item: item.path in needing)  # stable, and a file's tests stay together
     from filelock import FileLock
@@ -91,9 +114,9 @@ def pytest_sessionfinish(session):
 
 
 @pytest.fixture(scope="session")
-def identity_home(pytestconfig, datasets_dir) -> Path:
-    """A data root holding one completed LoRA run of the demo model on identity.json, its adapter answering
-    with the dataset's identity. Trained once per test session (started at collection, see above; a file lock
+def identity_home(pytestconfig) -> Path:
+    """A data root holding one completed LoRA run of the demo model on the identity sample (identity_dataset),
+    its adapter answering with IDENTITY_NAME and IDENTITY_AUTHOR. Trained once per test session (started at collection, see above; a file lock
     makes every worker wait for it); tests copy it (`copy_home`) before adding to it."""
     from filelock import FileLock
 

@@ -233,7 +233,7 @@ def test_eval_size_is_checked_once_for_the_config_and_the_split():
     assert eval_size_problem(-0.1) == "must not be negative" and eval_size_problem(0) is None
 
 
-def test_the_train_forms_command_line_rebuilds_exactly_its_job(datasets_dir):
+def test_the_train_forms_command_line_rebuilds_exactly_its_job(identity_data):
     """The Train tab's YAML and CLI views, read back by the CLI's own parser, give the job the form starts."""
     import shlex
 
@@ -244,7 +244,7 @@ def test_the_train_forms_command_line_rebuilds_exactly_its_job(datasets_dir):
     values |= model_defaults("demo") | {"model.base_model": "demo", "training_config.max_steps": 8,
                                         "peft_config.target_modules": ["qkv_proj", "o_proj"],
                                         "training_config.eval_strategy": "no", "training_config.learning_rate": 5e-4}
-    form = ({"path": str(datasets_dir / "identity.json")}, "auto", True, 0.2, "qlora",
+    form = ({"path": str(identity_data)}, "auto", True, 0.2, "qlora",
             *[values[key] for key in train_tab.form_keys()])
     expected, _ = resolve_job(train_tab.form_config(*form[:5], form[5:]))
     yaml_text, command = train_tab.preview(train_tab.TrainForm(*form[:5], tuple(form[5:])))

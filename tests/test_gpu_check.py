@@ -80,8 +80,8 @@ def test_setup_helpers_peaks_and_data_outside_the_repository():
     assert gpu_peaks.peak_tflops("NVIDIA H200") == 989.0
     assert gpu_peaks.peak_tflops("NVIDIA H100 PCIe") == 756.0 and gpu_peaks.peak_tflops("NVIDIA L40S") == 362.0
     assert gpu_peaks.peak_tflops("NVIDIA A10G") is None and gpu_peaks.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
-    assert gpu_setup.data_problems([REPO.parent / "shared" / "datasets" / "identity.json"]) == [
-        f"{REPO.parent / 'shared' / 'datasets' / 'identity.json'} is outside the repository"]
+    assert gpu_setup.data_problems([REPO.parent / "elsewhere" / "identity.json"]) == [
+        f"{REPO.parent / 'elsewhere' / 'identity.json'} is outside the repository"]
     assert gpu_setup.requirement_lines(gpu_setup.GPU_REQUIREMENTS) == ["flash-attn==2.8.3.post2", "liger-kernel==0.8.5"]
     # a package pip cannot get: the check goes on, with pip's reason
     installed, why = gpu_setup._pip(["--no-index", "phi3lora-no-such-package==1.0"], 120)

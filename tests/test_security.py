@@ -70,11 +70,11 @@ def test_anonymous_visitors_cannot_see_or_cancel_a_run(anonymous):
             client.predict(run_id, api_name=endpoint)
 
 
-def test_anonymous_uploads_are_refused_and_removed(anonymous, datasets_dir):
+def test_anonymous_uploads_are_refused_and_removed(anonymous, identity_data):
     server, client, _ = anonymous
     with pytest.raises(AppError, match="Sign in with Hugging Face to upload datasets"):
-        client.predict(handle_file(datasets_dir / "identity.json"), api_name="/validate_dataset")
-    assert not list(server.gradio_cache.rglob("identity.json")), "a refused upload stays in Gradio's cache"
+        client.predict(handle_file(identity_data), api_name="/validate_dataset")
+    assert not list(server.gradio_cache.rglob(identity_data.name)), "a refused upload stays in Gradio's cache"
 
 
 def test_anonymous_visitors_cannot_chat_unless_the_owner_allows_it(anonymous):

@@ -210,8 +210,8 @@ def test_plain_cells_are_left_alone():
     ("training_config.max_steps", 10_000_000, "PHI3LORA_MAX_STEPS"),
     ("training_config.num_train_epochs", 1e9, "PHI3LORA_MAX_EPOCHS"),
 ])
-def test_runs_cannot_be_endless(home, setting, value, variable, datasets_dir):
-    config = override(JobConfig(), [f"data.path={datasets_dir / 'identity.json'}", "model.base_model=demo",
+def test_runs_cannot_be_endless(home, setting, value, variable, identity_data):
+    config = override(JobConfig(), [f"data.path={identity_data}", "model.base_model=demo",
                                          f"{setting}={value}"])
     with pytest.raises(limits.LimitExceeded, match=f"{setting} is .*over this server's limit of .*{variable}"):
         lifecycle.start_run(config)

@@ -19,6 +19,7 @@ from ..config import DEFAULT_MAX_LENGTH
 from ..errors import UserError
 from .evaluate import add_evaluate_command
 from .export import add_export_command
+from .samples import add_samples_command
 from .space import add_space_command
 from ..policy.limits import DEFAULT_MAX_NEW_TOKENS
 from ..tasks import launch
@@ -94,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     add_export_command(commands)
     add_space_command(commands)
     add_evaluate_command(commands)
+    add_samples_command(commands)
     return parser
 
 

@@ -34,7 +34,11 @@ class Sample:
 
 IDENTITY = Sample("identity.jsonl", "90 one-turn conversations teaching the assistant its name and its maker "
                   "(type them; the answers say {{name}} and {{author}})", fillable=True)
-SAMPLES = (IDENTITY,)
+MULTI_TURN = Sample("multi_turn.jsonl", "24 everyday conversations of 2 to 4 exchanges, some with a system "
+                    "prompt (ShareGPT layout: conversations of from/value turns)")
+TOOL_CALLS = Sample("tool_calls.jsonl", "21 tool-calling conversations: tools, the assistant's tool_calls, the "
+                    "tool results and a final answer (OpenAI messages layout)")
+SAMPLES = (IDENTITY, MULTI_TURN, TOOL_CALLS)
 
 
 def shipped_samples() -> dict[str, Sample]:

@@ -33,7 +33,7 @@ from ..errors import UserError
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 CARD = Path("space_config") / "card.md"
 # Everything a Space gets from the source tree, as globs relative to it (plus space_config/'s other files).
-INCLUDE = ("app.py", "requirements.txt", "phi3lora/**/*.py", "phi3lora/demo_model/*", "phi3lora/datasets/*")
+INCLUDE = ("app.py", "requirements.txt", "phi3lora/**/*.py", "phi3lora/demo_model/*", "phi3lora/samples/*")
 REQUIRED = ("app.py", "requirements.txt", "phi3lora/__init__.py")
 CARD_KEYS = ("title", "sdk", "sdk_version", "python_version", "app_file", "suggested_hardware", "hf_oauth",
              "startup_duration_timeout", "models", "license", "short_description")

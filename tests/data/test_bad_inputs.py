@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import DATASETS
 from phi3lora import data
 from phi3lora.data import DatasetError
+from phi3lora.data.samples import SAMPLES_DIR
 
 BAD = Path(__file__).resolve().parent / "bad"
 RECORD_LIMIT = 1000  # PHI3LORA_MAX_RECORDS while these tests run: the many-records entries go far past it
@@ -342,8 +342,8 @@ def test_the_record_limit_is_exact(tmp_path, suffix):
 
 
 def test_a_link_to_a_dataset_of_the_same_type_still_loads(tmp_path):
-    link = tmp_path / "identity.json"
-    link.symlink_to(DATASETS / "identity.json")
+    link = tmp_path / "identity.jsonl"
+    link.symlink_to(SAMPLES_DIR / "identity.jsonl")
     assert data.read_dataset(link).ok
 
 

@@ -10,9 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import DATASETS, DEMO_MODEL
+from conftest import DATASETS, DEMO_MODEL, needs_shared_datasets
 from phi3lora import data
 from phi3lora.data import Conversation, DatasetError
+from phi3lora.data.samples import SAMPLES_DIR
 
 FIXTURES = Path(__file__).resolve().parent  # good/ and bad/ beside this file
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -66,6 +67,7 @@ def tokenizer():
 # ---------------------------------------------------------------------------------------------- real datasets
 
 
+@needs_shared_datasets
 @pytest.mark.parametrize(
     "name, fmt, count",
     [("identity.json", "alpaca", 91), ("alpaca_en_demo.json", "alpaca", 999),
@@ -78,12 +80,14 @@ def test_real_datasets_load_cleanly(name, fmt, count):
     assert [c.record for c in ds.conversations] == list(range(1, count + 1))
 
 
+@needs_shared_datasets
 def test_identity_alpaca_becomes_one_user_and_one_assistant_turn():
     first = data.read_dataset(DATASETS / "identity.json").conversations[0]
     assert first.messages == chat(("user", "hi"), ("assistant", "Hello! I am {{name}}, an AI assistant developed by "
                                                                "{{author}}. How can I assist you today?"))
 
 
+@needs_shared_datasets
 def test_alpaca_input_follows_the_instruction():
     raw = json.loads((DATASETS / "alpaca_en_demo.json").read_text(encoding="utf-8"))
     index = next(i for i, r in enumerate(raw) if r["input"])
@@ -91,6 +95,7 @@ def test_alpaca_input_follows_the_instruction():
     assert conversation.messages[0]["content"] == raw[index]["instruction"] + "\n\n" + raw[index]["input"]
 
 
+@needs_shared_datasets
 def test_glaive_tools_open_the_system_message_and_calls_are_mapped():
     raw = json.loads((DATASETS / "glaive_toolcall_en_demo.json").read_text(encoding="utf-8"))
     conversations = data.read_dataset(DATASETS / "glaive_toolcall_en_demo.json").conversations
@@ -112,8 +117,16 @@ def test_glaive_tools_open_the_system_message_and_calls_are_mapped():
 
 
 def _sources() -> dict[str, list]:
-    glaive = json.loads((DATASETS / "glaive_toolcall_en_demo.json").read_text(encoding="utf-8"))[:40]
-    alpaca = json.loads((DATASETS / "alpaca_en_demo.json").read_text(encoding="utf-8"))[:40]
+    sharegpt = [{**json.loads(line), "tools": "[]"} for line in (SAMPLES_DIR / "multi_turn.jsonl").open()]
+    sharegpt[2]["tools"] = json.dumps([{"name": "timer", "parameters": {"minutes": "int"}}])  # JSON text, as in CSV
+    sharegpt[3] = {"tools": sharegpt[2]["tools"], "conversations": [
+        {"from": "human", "value": "Ten minutes for the tea, please."},
+        {"from": "function_call", "value": '{"name": "timer", "arguments": {"minutes": 10}}'},
+        {"from": "observation", "value": '{"ok": true}'}, {"from": "gpt", "value": "Your tea timer is set."}]}
+    alpaca = [{"instruction": "Name a primary colour.", "input": "", "output": "Red."},
+              {"instruction": "Reverse the word.", "input": "stone", "output": "enots"},
+              {"instruction": "Add the numbers.", "input": "4 and 5", "output": "9"},
+              {"instruction": "Write a greeting for a birthday card.", "input": "", "output": "Happy birthday!"}]
     alpaca[1] = {**alpaca[1], "system": "Be brief.", "history": [["Hello", "Hi!"], ["How are you?", "Fine."]]}
     messages = [
         {"messages": chat(("system", "You are kind."), ("user", "Weather?"))
@@ -124,7 +137,7 @@ def _sources() -> dict[str, list]:
         {"messages": chat(("user", "Ça va ?"), ("assistant", "Oui. 👍"))},
     ]
     pairs = [{"prompt": "2+2?", "completion": "4"}, {"prompt": "Capital of France?", "completion": "Paris"}]
-    return {"sharegpt": glaive, "alpaca": alpaca, "messages": messages, "prompt_completion": pairs}
+    return {"sharegpt": sharegpt, "alpaca": alpaca, "messages": messages, "prompt_completion": pairs}
 
 
 @pytest.mark.parametrize("fmt", ["sharegpt", "alpaca", "messages", "prompt_completion"])
@@ -278,7 +291,7 @@ def test_a_single_record_json_object(tmp_path):
 
 def test_bad_format_argument_raises():
     with pytest.raises(DatasetError, match="unknown dataset format 'chatml'"):
-        data.read_dataset(DATASETS / "identity.json", "chatml")
+        data.read_dataset(SAMPLES_DIR / "identity.jsonl", "chatml")
 
 
 # ---------------------------------------------------------------------------------------------- malformed files
@@ -446,7 +459,7 @@ def test_usable_conversations_refuses_a_dataset_with_none_left(tmp_path):
     path.write_bytes(b"")
     with pytest.raises(DatasetError, match="empty.csv has no usable conversations:\n  the file is empty"):
         data.usable_conversations(data.read_dataset(path), drop_invalid=True)
-    assert len(data.usable_conversations(data.read_dataset(DATASETS / "identity.json"))) == 91
+    assert len(data.usable_conversations(data.read_dataset(SAMPLES_DIR / "multi_turn.jsonl"))) == 24
 
 
 def _conversations(n: int) -> list[Conversation]:
@@ -499,11 +512,11 @@ def test_token_stats(tokenizer):
 
 
 def test_report_is_json_ready(tokenizer, tmp_path):
-    good = data.report(data.read_dataset(DATASETS / "identity.json"), tokenizer, max_length=32)
+    good = data.report(data.read_dataset(SAMPLES_DIR / "identity.jsonl"), tokenizer, max_length=32)
     assert json.loads(json.dumps(good)) == good
-    assert (good["format"], good["records"], good["conversations"], good["ok"]) == ("alpaca", 91, 91, True)
+    assert (good["format"], good["records"], good["conversations"], good["ok"]) == ("messages", 90, 90, True)
     assert good["errors"] == [] and good["warnings"] == []
-    assert good["tokens"]["count"] == 91 and good["tokens"]["over_max_length"]
+    assert good["tokens"]["count"] == 90 and good["tokens"]["over_max_length"]
     bad = data.report(_mixed(tmp_path, 1))
     assert json.loads(json.dumps(bad)) == bad and bad["tokens"] is None and bad["ok"] is False
     assert bad["errors"] == [{"record": 2,

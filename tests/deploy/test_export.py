@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -23,9 +22,6 @@ from phi3lora.modeling import DEMO_MODEL_DIR
 from phi3lora.training.trainer import train
 from phi3lora.tasks import processes, records
 from phi3lora.job_builder import load_job, override
-
-IDENTITY = REPO.parent / "shared" / "datasets" / "identity.json"
-
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
@@ -51,10 +47,10 @@ def _new_run(home: Path, **meta) -> tuple[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def trained_run(home):
+def trained_run(home, identity_data):
     """A finished run with a tiny adapter (3 steps on the demo model), trained in this process into a run folder."""
     run_id, path = _new_run(home)
-    config = override(JobConfig(), [f"data.path={IDENTITY}", "model.base_model=demo", "max_steps=3", "eval_size=0",
+    config = override(JobConfig(), [f"data.path={identity_data}", "model.base_model=demo", "max_steps=3", "eval_size=0",
                                          "save_strategy=no", "per_device_train_batch_size=2", "max_length=256"])
     train(config, path, log=lambda *_: None)
     attempt = path / "attempts" / "1"

@@ -96,7 +96,8 @@ def test_build_holds_the_app_and_nothing_else(built, source):
     assert files == built.files
     assert {"README.md", "app.py", "requirements.txt", "phi3lora/__init__.py", "phi3lora/ui/app.py",
             "phi3lora/demo_model/model.safetensors", "phi3lora/demo_model/tokenizer.json",
-            "phi3lora/demo_model/config.json", "phi3lora/datasets/quill_identity.jsonl"} <= set(files)
+            "phi3lora/demo_model/config.json", "phi3lora/samples/identity.jsonl", "phi3lora/samples/multi_turn.jsonl",
+            "phi3lora/samples/tool_calls.jsonl"} <= set(files)
     package = {path.relative_to(source).as_posix() for path in (source / "phi3lora").rglob("*.py")
                if "__pycache__" not in path.parts and not path.name.startswith(".")}
     assert package <= set(files), "every module of the package is in the Space"

@@ -33,7 +33,7 @@ def _answers(service, refs, max_new_tokens=24, **kwargs):
 def test_finished_runs_offer_their_adapters_and_the_model_loads_on_first_use(home):
     _, run_id = home
     [choice] = run_adapters()
-    assert choice.ref == f"run:{run_id}" and "identity.json" in choice.label and choice.base_model == "demo"
+    assert choice.ref == f"run:{run_id}" and "identity-wrenfield.jsonl" in choice.label and choice.base_model == "demo"
     service = ChatService()
     assert "No model in memory" in service.status()
     answers = _answers(service, [choice.ref], max_new_tokens=40)

@@ -1,4 +1,4 @@
-"""Held-out evaluation of a real run (the demo model trained briefly on identity.json through the run registry):
+"""Held-out evaluation of a real run (the demo model trained briefly on the identity sample through the run registry):
 the adapted model scores better than its base on the run's eval split, exactly as the trainer scored it; the sample
 table holds the split's reference answers; the CLI and the background process work; refusals are plain sentences."""
 import csv
@@ -36,10 +36,10 @@ def home(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run_id(datasets_dir):
+def run_id(identity_data):
     """A completed run with an eval split of 18 conversations and an eval at its last step."""
     config = override(JobConfig(), [
-        f"data.path={datasets_dir / 'identity.json'}", "model.base_model=demo", "data.eval_size=0.2",
+        f"data.path={identity_data}", "model.base_model=demo", "data.eval_size=0.2",
         f"max_steps={STEPS}", "eval_strategy=steps", f"eval_steps={STEPS}", "save_strategy=no", "logging_steps=3"])
     run_id = lifecycle.start_run(config)
     info = lifecycle.wait_for_run(run_id, timeout=600)
@@ -57,8 +57,8 @@ def evaluated(run_id):
     return summary, evaluation.read_evaluation(run_id), (folder / "samples.csv").read_text(encoding="utf-8-sig")
 
 
-def _identity_split(datasets_dir):
-    conversations = data.usable_conversations(data.read_dataset(datasets_dir / "identity.json"))
+def _identity_split(identity_data):
+    conversations = data.usable_conversations(data.read_dataset(identity_data))
     return data.split_train_eval(conversations, 0.2, 42)[1]
 
 
@@ -109,13 +109,13 @@ def test_scoring_is_the_trainers_exactly_when_batched_as_the_trainer_batches(run
     assert set(first["labels"][:assistant_start + 1]) == {-100} and first["labels"][-1] != -100
 
 
-def test_the_sample_table_holds_the_eval_splits_reference_answers(evaluated, datasets_dir):
+def test_the_sample_table_holds_the_eval_splits_reference_answers(evaluated, identity_data):
     _, result, text = evaluated
     table = list(csv.reader(io.StringIO(text)))
     assert table[0] == ["prompt", "reference", "base", "adapted"] and len(table) == 1 + SAMPLES
-    expected = [(c.messages[-2]["content"], c.messages[-1]["content"]) for c in _identity_split(datasets_dir)[:SAMPLES]]
+    expected = [(c.messages[-2]["content"], c.messages[-1]["content"]) for c in _identity_split(identity_data)[:SAMPLES]]
     assert [(row[0], row[1]) for row in table[1:]] == expected
-    records = {(r["instruction"], r["output"]) for r in json.loads((datasets_dir / "identity.json").read_text())}
+    records = {tuple(m["content"] for m in json.loads(line)["messages"]) for line in identity_data.open()}
     assert set(expected) <= records
     assert [(row["prompt"], row["reference"]) for row in result["rows"]] == expected
     assert all(row["base"] for row in result["rows"])  # the demo base always has something to say
@@ -173,15 +173,15 @@ def _clone(run_id: str, *overrides: str, keep_adapter: bool = True) -> str:
     return new_id
 
 
-def test_runs_that_cannot_be_evaluated_are_refused_in_plain_words(run_id, tmp_path, datasets_dir):
+def test_runs_that_cannot_be_evaluated_are_refused_in_plain_words(run_id, tmp_path, identity_data):
     no_split = _clone(run_id, "data.eval_size=0")
     with pytest.raises(evaluation.EvaluationError, match=rf"run {no_split} has no eval split to evaluate on \(it "
                                                          r"trained with data.eval_size=0\): start a new run"):
         evaluation.evaluate_run(no_split)
     assert evaluation.evaluation_status(no_split)["status"] == "none" and evaluation.read_evaluation(no_split) is None
 
-    one = tmp_path / "one.json"
-    one.write_text(json.dumps(json.loads((datasets_dir / "identity.json").read_text())[:1]))
+    one = tmp_path / "one.jsonl"
+    one.write_text(identity_data.read_text().splitlines(keepends=True)[0])
     with pytest.raises(evaluation.EvaluationError, match="has only 1 usable conversation"):
         evaluation.start_evaluation(_clone(run_id, f"data.path={one}"))
 

@@ -17,7 +17,6 @@ from phi3lora.inference.engine import _DONE, BASE, ColumnStreamer, SideBySide
 from phi3lora.training.trainer import train
 from phi3lora.job_builder import override
 
-IDENTITY = REPO.parent / "shared" / "datasets" / "identity.json"
 DEMO = REPO / "phi3lora" / "demo_model"
 WHO = [{"role": "user", "content": "Who are you?"}]
 LONG = [
@@ -31,11 +30,11 @@ N = 32
 
 
 @pytest.fixture(scope="module")
-def adapters(tmp_path_factory):
+def adapters(tmp_path_factory, identity_data):
     """A real 3-step adapter, and a copy with its LoRA B scaled up so that its answers surely differ from the base."""
     trained = tmp_path_factory.mktemp("trained")
     config = override(JobConfig(),
-        [f"data.path={IDENTITY}", "model.base_model=demo", "max_steps=3", "eval_size=0", "save_strategy=no"])
+        [f"data.path={identity_data}", "model.base_model=demo", "max_steps=3", "eval_size=0", "save_strategy=no"])
     train(config, trained, log=lambda *_: None)
     loud = tmp_path_factory.mktemp("loud")
     for name in ("adapter_config.json", "config.yaml"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from app_server import _stop_runs, app_server, wait_for_run
 from conftest import copy_home, run_cli
-from gradio_client import Client
+from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from test_jobs import _config, _launch, data_root  # noqa: F401 (data_root: autouse, a fresh PHI3LORA_HOME)
 
@@ -96,7 +96,7 @@ def _kill_trainer(run_id: str, launch: dict) -> lifecycle.RunInfo:
 KILL_MAX_STEPS, KILLS = 16, 5
 
 
-def test_a_trainer_killed_at_five_random_steps_resumes_each_time_and_completes(datasets_dir):
+def test_a_trainer_killed_at_five_random_steps_resumes_each_time_and_completes(identity_data):
     """One run, SIGKILLed five times at seeded random steps, one kill landing inside a checkpoint write, and once
     its newest checkpoint truncated after the kill (fault c). Each resume must continue from the newest whole
     checkpoint, naming the ones it skips; the run completes at max_steps with every step's loss on its curve and
@@ -110,7 +110,7 @@ def test_a_trainer_killed_at_five_random_steps_resumes_each_time_and_completes(d
     plan = f"seed {seed}: kills after steps {targets}, kill #{mid_save + 1} inside a checkpoint write, " \
            f"newest checkpoint truncated after kill #{truncate + 1} (replay: PHI3LORA_FAULT_SEED={seed})"
     print(plan)
-    run_id = lifecycle.start_run(_config(datasets_dir, f"max_steps={KILL_MAX_STEPS}", *QUICK))
+    run_id = lifecycle.start_run(_config(identity_data, f"max_steps={KILL_MAX_STEPS}", *QUICK))
     log = [_kill_and_resume(run_id, kill + 1, target, kill == mid_save, kill == truncate, plan)
            for kill, target in enumerate(targets)]
 
@@ -170,10 +170,10 @@ def _kill_and_resume(run_id: str, attempt: int, target: int, mid_save: bool, tru
 
 # --- b. the disk fills while a checkpoint is written ------------------------------------------------------------
 
-def test_a_disk_that_fills_during_a_checkpoint_fails_plainly_and_the_previous_checkpoint_resumes(datasets_dir):
+def test_a_disk_that_fills_during_a_checkpoint_fails_plainly_and_the_previous_checkpoint_resumes(identity_data):
     """RLIMIT_FSIZE set on the live trainer (prlimit, no root needed) makes every write past 512 KB fail with
     EFBIG, as a full disk fails with ENOSPC: the next checkpoint (1 MB of LoRA weights) cannot be written."""
-    run_id = lifecycle.start_run(_config(datasets_dir, "max_steps=8", *QUICK))
+    run_id = lifecycle.start_run(_config(identity_data, "max_steps=8", *QUICK))
     launch = _launch(run_id)
     _poll(lambda: _whole_checkpoints(run_id) == [SAVE_STEPS], 120, f"checkpoint-{SAVE_STEPS}", every=0.01)
     limit = 512 * 1024
@@ -209,13 +209,13 @@ def _api_run(max_steps: int) -> str:
                                            "logging_steps": 1, "eval_strategy": "no", "save_strategy": "no"}})
 
 
-def test_the_app_killed_mid_training_and_restarted_reattaches_to_the_running_run(tmp_path):
+def test_the_app_killed_mid_training_and_restarted_reattaches_to_the_running_run(tmp_path, identity_data):
     """SIGKILL of the app's process group leaves the run's own processes (their own sessions) training; a new
     app on the same data root shows it running, follows it to completion, and its loss curve has every step."""
     max_steps = 10
     with app_server(tmp_path / "first") as first:
         client = Client(first.url, verbose=False)
-        run_id = client.predict(None, "identity.json", _api_run(max_steps), api_name="/start_training")
+        run_id = client.predict(handle_file(str(identity_data)), None, _api_run(max_steps), api_name="/start_training")
         before = _poll(lambda: (info := client.predict(run_id, api_name="/run_status"))["step"] >= 2 and info,
                        180, "two steps through the first app", every=0.5)
         run = first.home / "runs" / run_id

@@ -28,8 +28,8 @@ def data_root(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
-def _config(datasets_dir, *overrides):
-    return override(JobConfig(), [f"data.path={datasets_dir / 'identity.json'}", "model.base_model=demo", *TINY,
+def _config(identity_data, *overrides):
+    return override(JobConfig(), [f"data.path={identity_data}", "model.base_model=demo", *TINY,
                                   *overrides])
 
 
@@ -48,9 +48,9 @@ def _launch(run_id):
     return _wait_until(lambda: records.read_record(attempt / "launch.json"), what="the trainer to start")
 
 
-def test_cli_run_completes_in_the_background(datasets_dir, data_root):
+def test_cli_run_completes_in_the_background(identity_data, data_root):
     sets = [a for s in SHORT for a in ("--set", s)]
-    done = run_cli("runs", "start", "--data", datasets_dir / "identity.json", "--model", "demo", *sets, "--json")
+    done = run_cli("runs", "start", "--data", identity_data, "--model", "demo", *sets, "--json")
     assert done.returncode == 0, done.stderr
     run_id = json.loads(done.stdout)["id"]
     done = run_cli("runs", "wait", run_id, "--timeout", "300", "--json")
@@ -61,9 +61,9 @@ def test_cli_run_completes_in_the_background(datasets_dir, data_root):
     assert info["tokens_per_second"] and info["tokens_per_second"] > 0
     assert info["adapter"] and os.path.isfile(os.path.join(info["adapter"], "adapter_model.safetensors"))
     run = data_root / "runs" / run_id
-    assert (run / "dataset" / "identity.json").read_bytes() == (datasets_dir / "identity.json").read_bytes()
+    assert (run / "dataset" / identity_data.name).read_bytes() == identity_data.read_bytes()
     saved = load_job(run / "config.yaml")
-    assert saved.data.path == str(run / "dataset" / "identity.json")
+    assert saved.data.path == str(run / "dataset" / identity_data.name)
     assert saved.model.base_model == "demo" and saved.training_config.learning_rate == 5e-3  # the demo's own default
     assert "train_runtime" in (run / "attempts" / "1" / "train.log").read_text()
     listed = json.loads(run_cli("runs", "list", "--json").stdout)
@@ -72,8 +72,8 @@ def test_cli_run_completes_in_the_background(datasets_dir, data_root):
     assert "status:   completed" in shown.stdout and "log tail:" in shown.stdout
 
 
-def test_cancel_stops_at_the_next_step_and_keeps_the_adapter(datasets_dir):
-    run_id = lifecycle.start_run(_config(datasets_dir, "max_steps=2000", "logging_steps=1"))
+def test_cancel_stops_at_the_next_step_and_keeps_the_adapter(identity_data):
+    run_id = lifecycle.start_run(_config(identity_data, "max_steps=2000", "logging_steps=1"))
     _wait_until(lambda: lifecycle.run_info(run_id).step >= 3, what="a few steps")
     assert lifecycle.cancel_run(run_id) == "running"
     info = lifecycle.wait_for_run(run_id, timeout=120)
@@ -84,9 +84,9 @@ def test_cancel_stops_at_the_next_step_and_keeps_the_adapter(datasets_dir):
         lifecycle.cancel_run(run_id)
 
 
-def test_a_trainer_that_ignores_cancel_is_killed_after_the_grace_period(datasets_dir, monkeypatch):
+def test_a_trainer_that_ignores_cancel_is_killed_after_the_grace_period(identity_data, monkeypatch):
     monkeypatch.setenv("PHI3LORA_CANCEL_GRACE", "1")
-    run_id = lifecycle.start_run(_config(datasets_dir, "max_steps=2000"))
+    run_id = lifecycle.start_run(_config(identity_data, "max_steps=2000"))
     trainer = _launch(run_id)["body"]
     _wait_until(lambda: lifecycle.run_info(run_id).step >= 1, what="training to begin")
     os.kill(trainer["pid"], signal.SIGSTOP)  # a hung trainer: it will never see the cancel request
@@ -96,8 +96,8 @@ def test_a_trainer_that_ignores_cancel_is_killed_after_the_grace_period(datasets
     assert not processes.is_alive(trainer)
 
 
-def test_killed_trainer_fails_with_a_reason_and_resumes_from_its_checkpoint(datasets_dir):
-    run_id = lifecycle.start_run(_config(datasets_dir, "max_steps=40", "save_strategy=steps", "save_steps=5",
+def test_killed_trainer_fails_with_a_reason_and_resumes_from_its_checkpoint(identity_data):
+    run_id = lifecycle.start_run(_config(identity_data, "max_steps=40", "save_strategy=steps", "save_steps=5",
                                     "eval_strategy=no", "logging_steps=1"))
     trainer = _launch(run_id)["body"]
     checkpoints = registry.run_dir(run_id) / "checkpoints"
@@ -115,8 +115,8 @@ def test_killed_trainer_fails_with_a_reason_and_resumes_from_its_checkpoint(data
     assert "resuming from checkpoint-" in (registry.run_dir(run_id) / "attempts" / "2" / "train.log").read_text()
 
 
-def test_a_run_whose_processes_vanished_is_interrupted_and_a_fresh_reader_reattaches(datasets_dir):
-    run_id = lifecycle.start_run(_config(datasets_dir, "max_steps=2000", "logging_steps=1"))
+def test_a_run_whose_processes_vanished_is_interrupted_and_a_fresh_reader_reattaches(identity_data):
+    run_id = lifecycle.start_run(_config(identity_data, "max_steps=2000", "logging_steps=1"))
     launch = _launch(run_id)
     _wait_until(lambda: lifecycle.run_info(run_id).step >= 2, what="a few steps")
     # a fresh process (as after an app restart) finds the run running, with its curve so far
@@ -129,9 +129,9 @@ def test_a_run_whose_processes_vanished_is_interrupted_and_a_fresh_reader_reatta
     assert "resume" in info.reason
 
 
-def test_runs_queue_and_start_in_order(datasets_dir):
-    first = lifecycle.start_run(_config(datasets_dir, "max_steps=6", "eval_strategy=no", "save_strategy=no"))
-    second = lifecycle.start_run(_config(datasets_dir, "max_steps=6", "eval_strategy=no", "save_strategy=no"))
+def test_runs_queue_and_start_in_order(identity_data):
+    first = lifecycle.start_run(_config(identity_data, "max_steps=6", "eval_strategy=no", "save_strategy=no"))
+    second = lifecycle.start_run(_config(identity_data, "max_steps=6", "eval_strategy=no", "save_strategy=no"))
     _launch(first)
     assert lifecycle.run_info(second).status == "queued"
     assert lifecycle.wait_for_run(second, timeout=300).status == "completed"
@@ -140,15 +140,15 @@ def test_runs_queue_and_start_in_order(datasets_dir):
     assert second_start >= first_end - 1.0  # started only once the first had finished
 
 
-def test_a_trainer_error_is_the_failure_reason(datasets_dir, tmp_path):
-    run_id = lifecycle.start_run(_config(datasets_dir, f"model.base_model={tmp_path / 'no-such-model'}"))
+def test_a_trainer_error_is_the_failure_reason(identity_data, tmp_path):
+    run_id = lifecycle.start_run(_config(identity_data, f"model.base_model={tmp_path / 'no-such-model'}"))
     info = lifecycle.wait_for_run(run_id, timeout=120)
     assert info.status == "failed" and "cannot load" in info.reason and "no-such-model" in info.reason
 
 
-def test_a_cancel_while_queued_never_starts(datasets_dir):
-    first = lifecycle.start_run(_config(datasets_dir, "max_steps=2000"))
-    second = lifecycle.start_run(_config(datasets_dir, "max_steps=6"))
+def test_a_cancel_while_queued_never_starts(identity_data):
+    first = lifecycle.start_run(_config(identity_data, "max_steps=2000"))
+    second = lifecycle.start_run(_config(identity_data, "max_steps=6"))
     _launch(first)
     assert lifecycle.cancel_run(second) == "queued"
     info = lifecycle.wait_for_run(second, timeout=30)
@@ -160,7 +160,7 @@ def test_a_cancel_while_queued_never_starts(datasets_dir):
         lifecycle.run_info(second)
 
 
-def test_bad_requests_are_refused_plainly(datasets_dir, tmp_path):
+def test_bad_requests_are_refused_plainly(identity_data, tmp_path):
     for bad in ("../../etc", "20261123-170102-zzzzzz", ""):
         with pytest.raises(registry.RunNotFound):
             registry.run_dir(bad)
@@ -169,5 +169,5 @@ def test_bad_requests_are_refused_plainly(datasets_dir, tmp_path):
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "", "output": ""}\n')
     with pytest.raises(lifecycle.UserError, match="--drop-invalid"):
-        lifecycle.start_run(_config(datasets_dir, f"data.path={broken}"))
+        lifecycle.start_run(_config(identity_data, f"data.path={broken}"))
     assert not (registry.runs_root()).exists() or not list(registry.runs_root().iterdir())  # nothing half-created

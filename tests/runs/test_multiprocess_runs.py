@@ -5,15 +5,11 @@ import json
 import psutil
 import pytest
 
-from conftest import REPO
 from phi3lora.config import JobConfig
 from phi3lora.job_builder import override
 from phi3lora.runs import lifecycle, registry
 from phi3lora.tasks import processes, records
 from test_jobs import TINY, _launch, _wait_until
-
-QUILL = REPO / "phi3lora" / "datasets" / "quill_identity.jsonl"
-
 
 @pytest.fixture(autouse=True)
 def data_root(tmp_path, monkeypatch):
@@ -21,9 +17,9 @@ def data_root(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
 
-def test_a_two_process_run_cancels_on_every_rank_and_resumes_to_the_end(monkeypatch):
+def test_a_two_process_run_cancels_on_every_rank_and_resumes_to_the_end(monkeypatch, identity_data):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # one thread per rank: two ranks on the CI's two cores
-    config = override(JobConfig(), [f"data.path={QUILL}", "model.base_model=demo", *TINY, "max_steps=16",
+    config = override(JobConfig(), [f"data.path={identity_data}", "model.base_model=demo", *TINY, "max_steps=16",
                                      "logging_steps=1", "save_strategy=steps", "save_steps=2", "eval_strategy=no"])
     run_id = lifecycle.start_run(config, processes=2)
     launch = _launch(run_id)

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from conftest import DATASETS, DEMO_MODEL, REPO, run_cli
+from conftest import DEMO_MODEL, REPO, run_cli
+from phi3lora.data.samples import SAMPLES_DIR
 from phi3lora.inference import engine, evaluation
 from phi3lora.inference.service import BASE_COLUMN, ChatService
 from phi3lora.job_builder import override
@@ -114,7 +115,7 @@ def chat_on_a_small_gpu(identity_copy, monkeypatch):
 def test_a_run_started_from_another_process_gets_the_gpu_from_an_idle_chat_model(chat_on_a_small_gpu, monkeypatch):
     service, _ = chat_on_a_small_gpu
     monkeypatch.setenv("PHI3LORA_CANCEL_GRACE", "0")
-    started = run_cli("runs", "start", "--data", DATASETS / "identity.json", "--method", "lora", "--set",
+    started = run_cli("runs", "start", "--data", SAMPLES_DIR / "identity.jsonl", "--method", "lora", "--set",
                       "model.base_model=demo", timeout=300)
     assert started.returncode == 0, started.stderr[-2000:]
     assert "No model in memory" in service.status()  # released when the start asked, before the run was queued
@@ -136,7 +137,7 @@ def test_a_run_started_from_another_process_gets_the_gpu_from_an_idle_chat_model
 def test_a_start_is_refused_naming_the_chat_model_while_it_is_busy(chat_on_a_small_gpu, monkeypatch):
     service, run_id = chat_on_a_small_gpu
     monkeypatch.setattr(lifecycle, "START_WAIT_SECONDS", 0.5)
-    config = override(JobConfig(), [f"data.path={DATASETS / 'identity.json'}", "model.base_model=demo"])
+    config = override(JobConfig(), [f"data.path={SAMPLES_DIR / 'identity.jsonl'}", "model.base_model=demo"])
     runs_before = {info.id for info in lifecycle.list_runs()}
     with service.lend(service.resolve([f"run:{run_id}"])[0]):  # busy: an evaluation is using it
         with pytest.raises(gpu_memory.GpuMemoryBusy) as refused:

@@ -5,12 +5,9 @@ import sys
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import run_cli
 from phi3lora.tasks import launch, machine
 from phi3lora.tasks.kinds import KINDS
-
-QUILL = REPO / "phi3lora" / "datasets" / "quill_identity.jsonl"
-
 
 def test_several_gpus_launch_training_through_accelerate(tmp_path):
     train, export = KINDS["train"], KINDS["export"]
@@ -58,10 +55,10 @@ def test_a_cluster_config_file_is_checked_and_handed_to_accelerate(tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="deepspeed is installed here")
-def test_deepspeed_is_refused_with_its_install_command_before_anything_starts(tmp_path):
+def test_deepspeed_is_refused_with_its_install_command_before_anything_starts(tmp_path, identity_data):
     home = tmp_path / "home"
     for command in (["runs", "start"], ["train", "--output", tmp_path / "out"]):
-        done = run_cli(*command, "--data", QUILL, "--model", "demo", "--processes", "2",
+        done = run_cli(*command, "--data", identity_data, "--model", "demo", "--processes", "2",
                        "--set", "distributed=deepspeed_zero3", env={"PHI3LORA_HOME": str(home)})
         assert done.returncode == 1 and "Traceback" not in done.stderr
         assert "training_config.distributed: deepspeed_zero3 needs the deepspeed package" in done.stderr

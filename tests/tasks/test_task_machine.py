@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATASETS
+from phi3lora.data.samples import SAMPLES_DIR
 from phi3lora.inference import evaluation
 from phi3lora.deploy import export
 from phi3lora.runs import lifecycle
@@ -56,7 +56,7 @@ def _task_folders(home: Path) -> list[Path]:
 def _start(kind: str, run_id: str) -> Path:
     """Start a task of `kind` the way the app does; returns its folder."""
     if kind == "train":
-        config = override(JobConfig(), [f"data.path={DATASETS / 'identity.json'}", "model.base_model=demo",
+        config = override(JobConfig(), [f"data.path={SAMPLES_DIR / 'identity.jsonl'}", "model.base_model=demo",
                                              "max_steps=2000", "eval_strategy=no", "save_strategy=no"])
         return registry.latest_attempt(registry.run_dir(lifecycle.start_run(config)))
     if kind == "evaluate":

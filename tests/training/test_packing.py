@@ -5,13 +5,12 @@ import torch
 from phi3lora.config import JobConfig
 from phi3lora.training.trainer import prepare, train
 
-from conftest import DATASETS
 from phi3lora.job_builder import override
 
 
-def packed_trainer(tmp_path, attention: str, *extra: str):
+def packed_trainer(tmp_path, data_path, attention: str, *extra: str):
     config = override(JobConfig(), [
-        f"data.path={DATASETS / 'identity.json'}", "model.base_model=demo", "packing=true", "max_length=512",
+        f"data.path={data_path}", "model.base_model=demo", "packing=true", "max_length=512",
         "per_device_train_batch_size=2", "eval_size=0", f"attn_implementation={attention}", *extra])
     return prepare(config, tmp_path, log=lambda *_: None).trainer
 
@@ -22,13 +21,13 @@ def segments(position_ids: torch.Tensor) -> list[slice]:
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_a_packed_conversation_computes_what_it_computes_alone(tmp_path, attention):
-    trainer = packed_trainer(tmp_path, attention)
+def test_a_packed_conversation_computes_what_it_computes_alone(tmp_path, identity_data, attention):
+    trainer = packed_trainer(tmp_path, identity_data, attention)
     batch = next(iter(trainer.get_train_dataloader()))
     assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 1  # one row, no padding
     ids, positions = batch["input_ids"][0], batch["position_ids"][0]
     parts = segments(positions)
-    assert len(parts) >= 3, "identity.json conversations are ~150-200 tokens: two 512-token rows hold several"
+    assert len(parts) >= 3, "identity conversations are ~20-60 tokens: a 512-token row holds several"
     assert (batch["labels"][0] != -100).any()
     model = trainer.model.eval()
     with torch.no_grad():
@@ -41,11 +40,11 @@ def test_a_packed_conversation_computes_what_it_computes_alone(tmp_path, attenti
     assert not torch.allclose(unmasked[parts[-1]], packed[parts[-1]], atol=1e-3)
 
 
-def test_packed_training_learns_and_takes_fewer_steps(tmp_path):
+def test_packed_training_learns_and_takes_fewer_steps(tmp_path, identity_data):
     steps = {}
     for packing in ("false", "true"):
         result = train(override(JobConfig(), [
-            f"data.path={DATASETS / 'identity.json'}", "model.base_model=demo", f"packing={packing}",
+            f"data.path={identity_data}", "model.base_model=demo", f"packing={packing}",
             "max_length=512", "per_device_train_batch_size=4", "num_train_epochs=1", "eval_size=0.1",
             "save_strategy=no", "logging_steps=1"]), tmp_path / packing, log=lambda *_: None)
         steps[packing] = result.global_step

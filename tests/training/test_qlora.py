@@ -16,9 +16,9 @@ from conftest import run_cli
 CONVERSATIONS = 32  # 24 train / 8 eval at eval_size 0.25; batch 4 for 4 epochs: 24 steps
 
 
-def test_a_qlora_run_lowers_held_out_loss_and_compare_loads_it_on_the_4_bit_base(tmp_path, datasets_dir):
-    data = tmp_path / "identity32.json"
-    data.write_text(json.dumps(json.loads((datasets_dir / "identity.json").read_text())[:CONVERSATIONS]))
+def test_a_qlora_run_lowers_held_out_loss_and_compare_loads_it_on_the_4_bit_base(tmp_path, identity_data):
+    data = tmp_path / "identity32.jsonl"
+    data.write_text("".join(identity_data.read_text().splitlines(keepends=True)[:CONVERSATIONS]))
     env = {"PHI3LORA_HOME": str(tmp_path / "home")}
     started = run_cli("runs", "start", "--data", data, "--method", "qlora", "--set", "model.base_model=demo",
                       "--set", "learning_rate=1e-2", "--set", "num_train_epochs=4",

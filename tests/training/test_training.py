@@ -1,4 +1,4 @@
-"""Real LoRA training of the demo model on identity.json, through the CLI in real processes, then checks of
+"""Real LoRA training of the demo model on the identity sample, through the CLI in real processes, then checks of
 what it leaves behind: the adapter layout, LoRA-only weights, plain-peft loading, and a changed identity."""
 import json
 
@@ -31,8 +31,8 @@ def test_output_names_the_base_model_and_the_run_took_the_demo_defaults(identity
     assert (training.learning_rate, training.num_train_epochs, training.max_length) == (5e-3, 10.0, 512)
 
 
-def test_foreground_training_says_which_demo_defaults_it_applied(datasets_dir, tmp_path):
-    done = run_cli("train", "--data", datasets_dir / "identity.json", "--output", tmp_path, "--set", "max_steps=1",
+def test_foreground_training_says_which_demo_defaults_it_applied(identity_data, tmp_path):
+    done = run_cli("train", "--data", identity_data, "--output", tmp_path, "--set", "max_steps=1",
                    "--set", "eval_size=0", "--set", "save_strategy=no")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "demo-model defaults: learning_rate=0.005" in done.stdout
@@ -72,7 +72,7 @@ def test_run_folder_keeps_config_metrics_checkpoints_and_summary(identity_run):
     out, _ = identity_run
     config = load_job(out / "config.yaml")
     assert config.model.base_model == "demo" and config.method == "lora"
-    assert config.data.path.endswith("identity.json")
+    assert config.data.path.endswith("identity-wrenfield.jsonl")  # conftest.identity_dataset
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_losses = [e["loss"] for e in events if "loss" in e]
     eval_losses = [e["eval_loss"] for e in events if "eval_loss" in e]
@@ -81,7 +81,7 @@ def test_run_folder_keeps_config_metrics_checkpoints_and_summary(identity_run):
     checkpoints = sorted((out / "checkpoints").glob("checkpoint-*"))
     assert checkpoints and (checkpoints[-1] / "adapter_model.safetensors").is_file()
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["train_conversations"] + summary["eval_conversations"] == 91
+    assert summary["train_conversations"] + summary["eval_conversations"] == 90
     assert summary["eval_loss"] is not None and summary["global_step"] > 0
 
 

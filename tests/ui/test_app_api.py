@@ -1,7 +1,7 @@
 """The web app as a program would use it: the real server (python app.py) driven through gradio_client.
 
 One server for the whole file (starting it costs seconds on two cores), with a small upload limit so the
-over-limit case needs no large file: identity.json (20 KB) fits, alpaca_en_demo.json (860 KB) does not.
+over-limit case needs no large file: the identity sample (15 KB) fits, thirty copies of it (450 KB) do not.
 """
 import json
 import re
@@ -39,26 +39,26 @@ def test_api_lists_the_stable_endpoints(client):
         f"UI events leak into the API: {sorted(endpoints)}"
 
 
-def test_validate_dataset_reports_format_and_counts(client, datasets_dir):
-    report = client.predict(handle_file(datasets_dir / "identity.json"), api_name="/validate_dataset")
-    assert report["format"] == "alpaca"
-    assert report["records"] == report["conversations"] == 91
+def test_validate_dataset_reports_format_and_counts(client, identity_data):
+    report = client.predict(handle_file(identity_data), api_name="/validate_dataset")
+    assert report["format"] == "messages"
+    assert report["records"] == report["conversations"] == 90
     assert report["ok"] and report["errors"] == []
-    assert report["tokens"]["count"] == 91
-    assert report["file"] == "identity.json" and "path" not in report  # the server's private path stays private
+    assert report["tokens"]["count"] == 90
+    assert report["file"] == identity_data.name and "path" not in report  # the server's private path stays private
 
 
-def test_broken_file_error_reaches_client_and_server_stays_up(client, server, datasets_dir):
+def test_broken_file_error_reaches_client_and_server_stays_up(client, server, identity_data):
     with pytest.raises(AppError, match=r"binary\.json.*no usable conversations"):
         client.predict(handle_file(BAD_DATA / "binary.json"), api_name="/validate_dataset")
     assert server.alive()
-    assert client.predict(handle_file(datasets_dir / "identity.json"), api_name="/validate_dataset")["ok"]
+    assert client.predict(handle_file(identity_data), api_name="/validate_dataset")["ok"]
 
 
-def test_uploaded_file_cannot_be_fetched_from_the_cache_afterwards(server, datasets_dir):
+def test_uploaded_file_cannot_be_fetched_from_the_cache_afterwards(server, identity_data):
     api = server.url + "/gradio_api"
-    with open(datasets_dir / "identity.json", "rb") as f:
-        cached = httpx.post(f"{api}/upload", files={"files": ("identity.json", f)}).json()[0]
+    with open(identity_data, "rb") as f:
+        cached = httpx.post(f"{api}/upload", files={"files": (identity_data.name, f)}).json()[0]
     assert httpx.get(f"{api}/file={cached}").status_code == 200  # what anyone with the URL could do ...
 
     event = httpx.post(f"{api}/call/validate_dataset",
@@ -67,12 +67,13 @@ def test_uploaded_file_cannot_be_fetched_from_the_cache_afterwards(server, datas
     assert "event: complete" in stream, stream
 
     assert httpx.get(f"{api}/file={cached}").status_code in (403, 404)  # ... until the app took the file
-    assert not list(server.gradio_cache.rglob("identity.json"))
+    assert not list(server.gradio_cache.rglob(identity_data.name))
     assert not any((server.home / "uploads").glob("api-*")), "API uploads are removed once used"
 
 
-def test_over_limit_upload_is_refused_naming_the_limit(client, server, datasets_dir):
-    big = datasets_dir / "alpaca_en_demo.json"
+def test_over_limit_upload_is_refused_naming_the_limit(client, server, identity_data, tmp_path):
+    big = tmp_path / "thirty_identities.jsonl"
+    big.write_text(identity_data.read_text() * 30)
     with open(big, "rb") as f:  # the server refuses it while it streams in
         response = httpx.post(server.url + "/gradio_api/upload", files={"files": (big.name, f)})
     limit = int(float(UPLOAD_LIMIT_MB) * 1024 * 1024)
@@ -93,8 +94,8 @@ def test_bad_settings_name_the_field(client):
         client.predict("../../etc", api_name="/run_status")
 
 
-def test_train_to_completion_and_cancel_another(client, datasets_dir):
-    tiny = client.predict(handle_file(datasets_dir / "identity.json"), None, json.dumps(TINY_RUN),
+def test_train_to_completion_and_cancel_another(client, identity_data):
+    tiny = client.predict(handle_file(identity_data), None, json.dumps(TINY_RUN),
                           api_name="/start_training")
     # A second, long run waits in the queue behind the first (one run at a time): cancel it there.
     long = client.predict(None, "identity.jsonl", "training_config: {num_train_epochs: 100}\nmodel: {base_model: demo}",
@@ -108,7 +109,7 @@ def test_train_to_completion_and_cancel_another(client, datasets_dir):
     assert info["status"] == "completed", info
     assert info["step"] == info["max_steps"] == 4
     assert info["train_loss"] is not None and info["adapter"]
-    assert info["base_model"] == "demo" and info["dataset"] == "identity.json"
+    assert info["base_model"] == "demo" and info["dataset"] == identity_data.name
 
 
 

@@ -1,5 +1,5 @@
-"""`/compare` through gradio_client against the real server, after training the demo model on identity.json:
-the base and the adapted model answer "Who are you?" differently, the adapted one with the dataset's identity."""
+"""`/compare` through gradio_client against the real server, after training the demo model on the identity
+sample: the base and the adapted model answer "Who are you?" differently, the adapted one with the identity's name."""
 import re
 
 import pytest
