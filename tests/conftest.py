@@ -62,77 +62,100 @@ def identity_data(tmp_path_factory) -> Path:
     return identity_dataset(tmp_path_factory.mktemp("identity-data"))
 
 
-def _identity_home_path(config) -> Path:
-    """Where the session's identity run lives: one folder for every xdist worker (the controller's basetemp)."""
-    if os.environ.get("PHI3LORA_TEST_IDENTITY_HOME"):  # local reruns: keep one trained home between sessions
-        return Path(os.environ["PHI3LORA_TEST_IDENTITY_HOME"])
-    basetemp = config._tmp_path_factory.getbasetemp()
-    return (basetemp.parent if hasattr(config, "workerinput") else basetemp) / "identity-home"
-
-
-def _start_identity_run(home: Path) -> str:
-    """Queue the identity run in the background (`runs start` returns once its supervisor is launched)."""
+def _start_run(home: Path, *settings: str) -> str:
+    """Queue a demo-model run on the filled identity sample in the background (`runs start` returns once its
+    supervisor is launched), and note its id in `home`/started."""
     # this worker's share of the cores (_THREADS), not every core: the workers go on with files that do not need
     # this run, and an OpenMP team larger than its free cores spins at every barrier (20 demo steps with the
     # other core busy: 54 s on one thread, 74 s on two; 8-10 s a step in a contended CI run)
     env = {"PHI3LORA_HOME": str(home), "OMP_NUM_THREADS": _THREADS}
     with tempfile.TemporaryDirectory() as folder:  # `runs start` snapshots the file into the run folder
         started = run_cli("runs", "start", "--data", identity_dataset(Path(folder)), "--method", "lora",
-                          "--set", "model.base_model=demo", "--set", "data.eval_size=0.1", env=env)
+                          "--set", "model.base_model=demo", "--set", "data.eval_size=0.1", *settings, env=env)
     assert started.returncode == 0, started.stderr[-3000:]
     run_id = started.stdout.split()[-1]
+    home.mkdir(parents=True, exist_ok=True)
     (home / "started").write_text(run_id)
     return run_id
 
 
-@pytest.hookimpl(trylast=True)  # after -k/-m have deselected: start the run only for tests that will run
+# The session's two shared runs, each trained once (started at collection) and copied by the tests that add to it:
+# the identity run, at the default settings, whose adapter answers with IDENTITY_MARKERS, and a finished run of a
+# few steps, for tests that need a completed run with an adapter but not what it learned: they need not wait
+# for the identity run's training.
+SHARED_RUNS = {"identity_home": (), "finished_home": ("--set", "training_config.max_steps=3")}
+
+
+def _home_path(config, fixture: str) -> Path:
+    """Where a shared run lives: one folder for every xdist worker (the controller's basetemp)."""
+    if fixture == "identity_home" and os.environ.get("PHI3LORA_TEST_IDENTITY_HOME"):  # local reruns: keep one
+        return Path(os.environ["PHI3LORA_TEST_IDENTITY_HOME"])                     # trained home between sessions
+    basetemp = config._tmp_path_factory.getbasetemp()
+    return (basetemp.parent if hasattr(config, "workerinput") else basetemp) / fixture.replace("_home", "-home")
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m have deselected: start the runs only for tests that will run
 def pytest_collection_modifyitems(session, config, items):
-    """Files that need the identity run go last, and the run starts now, in the background, so that it trains
-    while the workers go through every other file instead of one worker training while the other waits."""
-    needing = {item.path for item in items if "identity_home" in getattr(item, "fixturenames", ())}
-    if not needing:
-        return
-    items.sort(key=lambda item: item.path in needing)  # stable, and a file's tests stay together
+    """Files that need the identity run go last, and the shared runs start now, in the background, so that they
+    train while the workers go through other files instead of one worker training while the other waits."""
+    needing = {fixture: {item.path for item in items if fixture in getattr(item, "fixturenames", ())}
+               for fixture in SHARED_RUNS}
+    items.sort(key=lambda item: item.path in needing["identity_home"])  # stable; a file's tests stay together
     from filelock import FileLock
 
-    home = _identity_home_path(config)
-    home.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(home) + ".lock"):
-        if not (home / "trained").is_file() and not (home / "started").is_file():
-            _start_identity_run(home)
+    for fixture, settings in SHARED_RUNS.items():
+        if not needing[fixture]:
+            continue
+        home = _home_path(config, fixture)
+        home.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(home) + ".lock"):
+            if not (home / "trained").is_file() and not (home / "started").is_file():
+                _start_run(home, *settings)
 
 
 def pytest_sessionfinish(session):
-    """A session that ends before the identity run did (interrupted, or -x) cancels it: no trainer outlives it."""
+    """A session that ends before a shared run did (interrupted, or -x) cancels it: no trainer outlives it."""
     if hasattr(session.config, "workerinput"):
         return  # the controller (or a single process) decides, once every worker has finished
-    home = _identity_home_path(session.config)
-    started = home / "started"
-    if started.is_file() and not (home / "trained").is_file():
-        run_cli("runs", "cancel", started.read_text(), env={"PHI3LORA_HOME": str(home)})
-        started.unlink()
+    for fixture in SHARED_RUNS:
+        home = _home_path(session.config, fixture)
+        started = home / "started"
+        if started.is_file() and not (home / "trained").is_file():
+            run_cli("runs", "cancel", started.read_text(), env={"PHI3LORA_HOME": str(home)})
+            started.unlink()
 
 
-@pytest.fixture(scope="session")
-def identity_home(pytestconfig) -> Path:
-    """A data root holding one completed LoRA run of the demo model on the identity sample (identity_dataset),
-    its adapter answering with IDENTITY_NAME and IDENTITY_AUTHOR. Trained once per test session (started at collection, see above; a file lock
-    makes every worker wait for it); tests copy it (`copy_home`) before adding to it."""
+def _shared_run(config, fixture: str) -> Path:
+    """The data root of a shared run, once it has completed (a file lock makes every worker wait for it)."""
     from filelock import FileLock
 
-    home = _identity_home_path(pytestconfig)
+    home = _home_path(config, fixture)
     with FileLock(str(home) + ".lock"):
         if not (home / "trained").is_file():
             started = home / "started"
-            run_id = started.read_text() if started.is_file() else _start_identity_run(home)
+            run_id = started.read_text() if started.is_file() else _start_run(home, *SHARED_RUNS[fixture])
             done = run_cli("runs", "wait", run_id, env={"PHI3LORA_HOME": str(home)})
             assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
             (home / "trained").write_text(run_id)
     return home
 
 
+@pytest.fixture(scope="session")
+def identity_home(pytestconfig) -> Path:
+    """A data root holding one completed LoRA run of the demo model on the identity sample (identity_dataset) at
+    the default settings, its adapter answering with IDENTITY_NAME and IDENTITY_AUTHOR."""
+    return _shared_run(pytestconfig, "identity_home")
+
+
+@pytest.fixture(scope="session")
+def finished_home(pytestconfig) -> Path:
+    """A data root holding one completed LoRA run of the demo model, 3 steps long: an adapter, a checkpoint and
+    the records, for tests that need a finished run but not what it learned."""
+    return _shared_run(pytestconfig, "finished_home")
+
+
 def copy_home(home: Path, target: Path) -> tuple[Path, str]:
-    """A private copy of a data root made by `identity_home`: (the copy, the run id in it)."""
+    """A private copy of a data root made by `identity_home` or `finished_home`: (the copy, the run id in it)."""
     shutil.copytree(home, target)
     return target, (home / "trained").read_text()
 
@@ -141,5 +164,13 @@ def copy_home(home: Path, target: Path) -> tuple[Path, str]:
 def identity_copy(identity_home, tmp_path, monkeypatch) -> tuple[Path, str]:
     """A private copy of the identity data root, made PHI3LORA_HOME for the test: (the copy, the run id)."""
     home, run_id = copy_home(identity_home, tmp_path / "home")
+    monkeypatch.setenv("PHI3LORA_HOME", str(home))
+    return home, run_id
+
+
+@pytest.fixture
+def finished_copy(finished_home, tmp_path, monkeypatch) -> tuple[Path, str]:
+    """A private copy of the few-step run's data root, made PHI3LORA_HOME for the test: (the copy, the run id)."""
+    home, run_id = copy_home(finished_home, tmp_path / "home")
     monkeypatch.setenv("PHI3LORA_HOME", str(home))
     return home, run_id

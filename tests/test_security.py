@@ -2,7 +2,7 @@
 
 Two servers, both requiring sign-in as a Space does:
 - `anonymous`: nobody is signed in (a Space visitor who has not logged in with Hugging Face). The session's
-  identity run is there, owned by no one this visitor is.
+  finished run is there, owned by no one this visitor is.
 - `shared`: password logins (Gradio's auth) for the owner "boss" and two allowed users, "alice" and "bob", with
   small limits. What one user starts the other can neither see nor touch; the owner sees everything.
 Events the page uses but the API does not list (delete, export) are called the way the page calls them: by
@@ -50,9 +50,9 @@ def call_page_event(url: str, button: str, data: list, cookies: httpx.Cookies | 
 # --- nobody signed in ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def anonymous(identity_home, tmp_path_factory):
+def anonymous(finished_home, tmp_path_factory):
     folder = tmp_path_factory.mktemp("anonymous")
-    home, run_id = copy_home(identity_home, folder / "home")
+    home, run_id = copy_home(finished_home, folder / "home")
     with app_server(folder, PHI3LORA_HOME=str(home), PHI3LORA_REQUIRE_LOGIN="1") as server:
         yield server, Client(server.url, verbose=False), run_id
 

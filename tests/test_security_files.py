@@ -35,8 +35,8 @@ MB = 1024 * 1024
 # --- 5. adapter zip bombs ---------------------------------------------------------------------------------------
 
 @pytest.fixture
-def home(identity_copy, monkeypatch):
-    root, run_id = identity_copy
+def home(finished_copy, monkeypatch):
+    root, run_id = finished_copy
     for name in ("PHI3LORA_MAX_ADAPTER_MB", "PHI3LORA_ADAPTER_QUOTA_MB", "PHI3LORA_ADAPTER_HOURS"):
         monkeypatch.delenv(name, raising=False)
     return root, root / "runs" / run_id
@@ -211,11 +211,11 @@ USERS = {"boss": "pw-boss-1", "alice": "pw-alice-2"}
 
 
 @pytest.fixture(scope="module")
-def downloads(identity_home, tmp_path_factory):
+def downloads(finished_home, tmp_path_factory):
     """A Space-like server with password sign-in: "boss" owns the Space (and sees the identity run, which no user
     started), "alice" is allowed to train but does not own that run."""
     folder = tmp_path_factory.mktemp("downloads")
-    home, run_id = copy_home(identity_home, folder / "home")
+    home, run_id = copy_home(finished_home, folder / "home")
     temp = folder / "tmp"  # the server's temporary folder, where the app keeps the files it offers
     temp.mkdir()
     with app_server(folder, PHI3LORA_HOME=str(home), TMPDIR=str(temp),
@@ -285,9 +285,9 @@ def offer(url: str, cookies: httpx.Cookies, what: str, run_id: str) -> str:
 DOWNLOADS = {"adapter zip": "-adapter.zip", "evaluation csv": "-evaluation.csv"}
 
 
-def test_an_adapter_zip_bomb_uploaded_on_the_page_is_refused_and_removed(downloads, identity_home, tmp_path):
+def test_an_adapter_zip_bomb_uploaded_on_the_page_is_refused_and_removed(downloads, finished_home, tmp_path):
     server, _, _ = downloads
-    run = identity_home / "runs" / (identity_home / "trained").read_text()
+    run = finished_home / "runs" / (finished_home / "trained").read_text()
     bomb = adapter_zip(run, tmp_path / "bomb.zip", padding_mb=48)
     boss = login(server.url, "boss")
     uploaded = httpx.post(f"{server.url}/gradio_api/upload", files={"files": ("bomb.zip", bomb.read_bytes())},

@@ -66,10 +66,10 @@ def zipped(folder: Path) -> Path:
 
 
 @pytest.fixture
-def home(identity_copy, monkeypatch):
+def home(finished_copy, monkeypatch):
     for name in ("PHI3LORA_ALLOWED_BASE_MODELS", "PHI3LORA_ALLOW_REMOTE_CODE", "PHI3LORA_MAX_PROMPT_TOKENS"):
         monkeypatch.delenv(name, raising=False)
-    return identity_copy
+    return finished_copy
 
 
 def chat_with(choice, prompt="Who are you?", max_new_tokens=4):

@@ -45,9 +45,9 @@ def test_organisations_can_be_allowed(monkeypatch):
 
 
 @pytest.fixture
-def space(identity_home, tmp_path, monkeypatch):
+def space(finished_home, tmp_path, monkeypatch):
     """A data root with the identity run, started by alice, on a Space owned by boss where alice and bob may train."""
-    home, run_id = copy_home(identity_home, tmp_path / "home")
+    home, run_id = copy_home(finished_home, tmp_path / "home")
     monkeypatch.setenv("PHI3LORA_HOME", str(home))
     for name, value in {"PHI3LORA_REQUIRE_LOGIN": "1", "PHI3LORA_OWNER": "boss",
                         "PHI3LORA_ALLOWED_USERS": "boss,alice,bob", "PHI3LORA_PUBLIC_CHAT": "published"}.items():

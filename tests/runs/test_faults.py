@@ -270,12 +270,12 @@ modeling_phi3.Phi3ForCausalLM.forward = forward
 
 
 def test_out_of_memory_while_generating_gives_a_message_and_the_server_answers_the_next_request(tmp_path,
-                                                                                             identity_home):
+                                                                                             finished_home):
     shim = tmp_path / "oom-shim"
     shim.mkdir()
     (shim / "sitecustomize.py").write_text(OOM_SHIM)
     pythonpath = os.pathsep.join(p for p in (str(shim), os.environ.get("PYTHONPATH")) if p)
-    home, run_id = copy_home(identity_home, tmp_path / "home")  # a completed run: an adapter to chat with
+    home, run_id = copy_home(finished_home, tmp_path / "home")  # a completed run: an adapter to chat with
     with app_server(tmp_path, PYTHONPATH=pythonpath, PHI3LORA_HOME=str(home)) as server:
         client = Client(server.url, verbose=False)
         assert client.predict(run_id, api_name="/run_status")["status"] == "completed"

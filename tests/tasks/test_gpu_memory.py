@@ -94,10 +94,10 @@ def test_other_processes_see_a_holder_until_it_is_gone_and_oom_sentences_name_it
 
 
 @pytest.fixture
-def chat_on_a_small_gpu(identity_copy, monkeypatch):
-    """The identity run's adapter loaded for chat in this process, on a simulated GPU that holds the chat model or
+def chat_on_a_small_gpu(finished_copy, monkeypatch):
+    """The finished run's adapter loaded for chat in this process, on a simulated GPU that holds the chat model or
     a training run of the demo model, not both."""
-    home, run_id = identity_copy
+    home, run_id = finished_copy
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     chat_need = int(gpu_memory.model_bytes(str(DEMO_MODEL), "auto", False) * gpu_memory.HEADROOM["chat"])
     train_need = gpu_memory.gpu_request("train", "", str(DEMO_MODEL), "auto", False)["bytes"]

@@ -37,9 +37,9 @@ if sys.argv[-1:] == ["--body"]:  # only a task's body: its supervisor stays as i
 
 
 @pytest.fixture
-def trained(identity_copy, monkeypatch):
+def trained(finished_copy, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    home, run_id = identity_copy
+    home, run_id = finished_copy
     yield run_id
     for folder in _task_folders(home):  # tasks outlive their starter by design; a failed test's must not
         for record in ("supervisor.json", "launch.json"):

@@ -1,7 +1,7 @@
 """QLoRA end to end on the CPU (bitsandbytes 4-bit runs there): a background run on a 4-bit base, its
 evaluation, and Compare with the adapter on the 4-bit base.
 
-The full identity run (110 steps of LoRA) is what proves an adapter learns the identity; this test proves the
+The full identity run (55 steps of LoRA) is what proves an adapter learns the identity; this test proves the
 4-bit path does the same work at a fraction of the cost: 24 steps at a higher learning rate, judged by the
 held-out loss of base and adapter (`evaluate`), not by one generated sentence: at this size whether a greedy
 answer already says the identity depends on the seed (at these settings seed 42's did, 7's and 123's did not);

@@ -28,7 +28,7 @@ def test_output_names_the_base_model_and_the_run_took_the_demo_defaults(identity
     assert "lora: base model: " in output and "the embedded demo model" in output
     assert "LoRA only" in output
     training = load_job(run / "config.yaml").training_config  # resolved when the run was queued
-    assert (training.learning_rate, training.num_train_epochs, training.max_length) == (5e-3, 10.0, 512)
+    assert (training.learning_rate, training.num_train_epochs, training.max_length) == (5e-3, 5.0, 512)
 
 
 def test_foreground_training_says_which_demo_defaults_it_applied(identity_data, tmp_path):

@@ -21,9 +21,9 @@ SECONDS = float(os.environ.get("PHI3LORA_LOAD_SECONDS") or 120)
 
 
 @pytest.fixture(scope="module")
-def loaded(identity_home, tmp_path_factory):
+def loaded(finished_home, tmp_path_factory):
     folder = tmp_path_factory.mktemp("load")
-    home, run_id = copy_home(identity_home, folder / "home")
+    home, run_id = copy_home(finished_home, folder / "home")
     with app_server(folder, PHI3LORA_HOME=str(home)) as server:
         result = load.run_load(server.url, SESSIONS, SECONDS, max_new_tokens=16, home=server.home)
         print("\n" + load.table(result))
@@ -42,7 +42,7 @@ def test_every_request_of_every_session_succeeds(loaded):
 
 def test_no_session_sees_another_sessions_answers_history_or_files(loaded):
     result, run_id, _ = loaded
-    assert result["training"]["adapter"] == run_id  # the identity adapter answered in every adapter column
+    assert result["training"]["adapter"] == run_id  # the run's adapter answered in every adapter column
     # a swapped answer shows only between prompts answered differently: 16 tokens of a tiny model may coincide
     assert result["distinct_reference_answers"] >= SESSIONS * 3 // 4, "the prompts must tell the sessions' answers apart"
     assert result["isolation_violations"] == []
@@ -55,18 +55,18 @@ def test_training_progresses_under_the_load_and_cancels_cleanly(loaded):
     assert training["cancel_answer"] == "running" and training["status_at_end"] == "cancelled"
 
 
-def test_first_messages_arriving_together_load_the_model_once(identity_home, monkeypatch):
+def test_first_messages_arriving_together_load_the_model_once(finished_home, monkeypatch):
     """What the window's cold start relies on: chats that arrive together while no model is loaded wait for one
     load (with the real Phi-3 that is 7.6 GB each on the GPU), and all of them get their answers."""
     from phi3lora.inference import engine
     from phi3lora.inference.service import BASE_COLUMN, ChatService
 
-    monkeypatch.setenv("PHI3LORA_HOME", str(identity_home))
+    monkeypatch.setenv("PHI3LORA_HOME", str(finished_home))
     loads = []
     real_load = engine.load_with_adapters
     monkeypatch.setattr(engine, "load_with_adapters", lambda *a, **k: loads.append(1) or real_load(*a, **k))
     service = ChatService()
-    [adapter] = service.resolve([f"run:{(identity_home / 'trained').read_text()}"])
+    [adapter] = service.resolve([f"run:{(finished_home / 'trained').read_text()}"])
     answers = []
 
     def chat():
