@@ -54,7 +54,7 @@ def build_app(state: AppState | None = None) -> gr.Blocks:
                 compare = compare_tab.build(state)
         data_tab.wire(data, state, upload_dir, train.base_model, train.max_length)
         train_tab.wire(train, demo, data.dataset, data.data_format, data.drop_invalid, data.eval_size,
-                       [data.samples.name, data.samples.maker])
+                       [data.samples.name, data.samples.maker], data.columns)
         runs_tab.wire(runs, runs_item, demo)
         compare_tab.wire(compare, compare_item, state, demo)
         # Compare now: the finished run on the Train tab, picked in Compare, which opens.

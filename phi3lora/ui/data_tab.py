@@ -45,6 +45,7 @@ SHOWN_CHARS = 80  # a message quotes at most this much of what a visitor typed
 class DataTab:
     dataset: gr.State  # {"path", "name", "source"} of the chosen dataset, or None
     data_format: gr.Dropdown
+    columns: gr.Textbox  # "prompt=question,completion=answer": columns no known format names
     drop_invalid: gr.Checkbox
     eval_size: gr.Number
     upload: gr.File
@@ -64,7 +65,8 @@ class DataTab:
 def build() -> DataTab:
     help_ = DataSettings.model_fields
     gr.Markdown("Pick a chat-instruction dataset: upload a file, use one that ships with the app, or load one "
-                "from the Hugging Face hub. Formats: `messages`, `sharegpt`, `alpaca`, `prompt_completion`.")
+                "from the Hugging Face hub. Formats: `messages`, `sharegpt`, `alpaca`, `prompt_completion`, and Phi-3 "
+                "chat markup in a `text` column; other column names map with *Columns*.")
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300):
             upload = gr.File(label=f"Upload a dataset (.jsonl, .json, .csv, .parquet; up to {describe_size(max_upload_mb())})",
@@ -79,6 +81,8 @@ def build() -> DataTab:
                                           info=help_["format"].description)
                 eval_size = gr.Number(value=help_["eval_size"].default, label="Eval split",
                                       info=help_["eval_size"].description, minimum=0)
+            columns = gr.Textbox(label="Columns (optional)", placeholder="prompt=question,completion=answer",
+                                 info=help_["columns"].description, max_length=data.columns.MAX_MAPPING_CHARS)
             drop_invalid = gr.Checkbox(value=False, label="Skip invalid records", info=help_["drop_invalid"].description)
         with gr.Column(scale=2):
             summary = gr.Markdown("No dataset chosen yet.")
@@ -97,7 +101,7 @@ def build() -> DataTab:
         with gr.Column():
             template = gr.Textbox(label="Exactly what the model is trained on (Phi-3 chat template)", lines=16,
                                   max_lines=16, interactive=False, buttons=["copy"])
-    return DataTab(gr.State(None), data_format, drop_invalid, eval_size, upload, samples, hub_id, hub_button,
+    return DataTab(gr.State(None), data_format, columns, drop_invalid, eval_size, upload, samples, hub_id, hub_button,
                    summary, problems, split, histogram, preview_pick, chat, template, gr.State(None))
 
 
@@ -107,7 +111,7 @@ def wire(tab: DataTab, state: AppState, upload_dir: gr.State, base_model: gr.Com
     private = {"api_visibility": "private"}
     analyse_ = handler(analyse, state.tokenizers)
     shown = [tab.summary, tab.problems, tab.histogram, tab.preview_pick, tab.chat, tab.template, tab.analysis, tab.split]
-    analyse_inputs = [tab.dataset, tab.data_format, base_model, max_length, tab.eval_size]
+    analyse_inputs = [tab.dataset, tab.data_format, base_model, max_length, tab.eval_size, tab.columns]
 
     samples = tab.samples
     elsewhere = [tab.dataset, upload_dir, samples.choice, samples.identity]  # a dataset not from the list
@@ -121,7 +125,8 @@ def wire(tab: DataTab, state: AppState, upload_dir: gr.State, base_model: gr.Com
           for field in (samples.name, samples.maker) for event in (field.submit, field.blur)],
     ]:
         event(fn, inputs, outputs, **private).success(analyse_, analyse_inputs, shown, **private)
-    tab.data_format.input(analyse_, analyse_inputs, shown, **private)
+    for event in (tab.data_format.input, tab.columns.submit, tab.columns.blur):
+        event(analyse_, analyse_inputs, shown, **private)
     base_model.change(analyse_, analyse_inputs, shown, **private)
     max_length.change(rebin, [tab.analysis, max_length], [tab.histogram, tab.summary], show_progress="hidden",
                       **private)
@@ -208,10 +213,10 @@ def _demo_tokenizer_instead(tokenizers: TokenizerCache, base_model: str | None):
 
 @shows_errors
 def analyse(tokenizers: TokenizerCache, dataset: dict | None, fmt: str, base_model: str | None,
-            max_length: float | None, eval_size: float | None):
+            max_length: float | None, eval_size: float | None, columns: str | None = None):
     if not dataset:
         return (gr.skip(),) * 8
-    loaded = data.read_dataset(dataset["path"], fmt or "auto")
+    loaded = data.read_dataset(dataset["path"], fmt or "auto", columns=columns or None)
     tokenizer = tokenizer_for(tokenizers, base_model) if loaded.conversations else None
     cut = int(max_length or DEFAULT_MAX_LENGTH)
     lengths = data.token_lengths(tokenizer, loaded.conversations) if tokenizer else []

@@ -61,6 +61,7 @@ class TrainForm:
     method: str
     values: tuple  # the fields' values, in form_keys() order
     identity: tuple = ("", "")  # the Data tab's Name and Maker, for a fillable sample
+    columns: str = ""  # the Data tab's column mapping, "prompt=question,completion=answer"
 
 
 @dataclass
@@ -73,11 +74,13 @@ class TrainFormInputs:
     method: gr.Component
     fields: dict[str, gr.Component]  # "section.field" -> its input, in form order
     identity: list[gr.Component] | None = None  # the Data tab's Name and Maker fields
+    columns: gr.Component | None = None  # the Data tab's column mapping
 
     def by_name(self) -> dict[str, gr.Component | list[gr.Component]]:
-        identity = {"identity": self.identity} if self.identity else {}
+        optional = {"identity": self.identity, "columns": self.columns}
         return {"dataset": self.dataset, "data_format": self.data_format, "drop_invalid": self.drop_invalid,
-                "eval_size": self.eval_size, "method": self.method, "values": list(self.fields.values()), **identity}
+                "eval_size": self.eval_size, "method": self.method, "values": list(self.fields.values()),
+                **{name: component for name, component in optional.items() if component is not None}}
 
     def read(self, values: dict) -> TrainForm:
         """The TrainForm of an event's values (inputs=self.inputs())."""
@@ -167,10 +170,11 @@ def build() -> TrainTab:
 
 
 def wire(tab: TrainTab, demo: gr.Blocks, dataset: gr.State, data_format, drop_invalid, eval_size,
-         identity: list[gr.Component] | None = None) -> None:
-    """Connect the tab; the dataset settings are the Data tab's (with its Name and Maker fields, `identity`)."""
+         identity: list[gr.Component] | None = None, columns: gr.Component | None = None) -> None:
+    """Connect the tab; the dataset settings are the Data tab's (with its Name and Maker fields, `identity`, and
+    its column mapping)."""
     private = {"api_visibility": "private"}
-    form = TrainFormInputs(dataset, data_format, drop_invalid, eval_size, tab.method, tab.fields, identity)
+    form = TrainFormInputs(dataset, data_format, drop_invalid, eval_size, tab.method, tab.fields, identity, columns)
     view = tab.view
     model_fields = [tab.fields[k] for k in model_defaults(None)]
     tab.base_model.input(follow_model_defaults, [tab.base_model, *model_fields], model_fields, **private)
@@ -200,12 +204,15 @@ def add_api() -> None:
 # --- building the job from the form -------------------------------------------------------------------------------
 
 def form_config(dataset: dict | None, data_format: str, drop_invalid: bool, eval_size: float | None, method: str,
-                values: tuple) -> JobConfig:
-    """The job the form describes (the Data tab's dataset and split, the Train tab's fields), through build_job."""
+                values: tuple, columns: str = "") -> JobConfig:
+    """The job the form describes (the Data tab's dataset, split and column mapping, the Train tab's fields),
+    through build_job (which parses and checks the mapping's text)."""
     form: dict[str, Any] = {key: None if isinstance(value, str) and not value.strip() else value  # emptied: not set
                             for key, value in zip(form_keys(), values)}  # (the base model then follows the machine)
     form |= {"method": method, "data.path": dataset["path"] if dataset else None, "data.format": data_format or "auto",
              "data.drop_invalid": bool(drop_invalid), "data.eval_size": eval_size}
+    if columns and columns.strip():
+        form["data.columns"] = columns
     return build_job(values_layer(form))
 
 
@@ -215,7 +222,7 @@ def preview(form: TrainForm):
     exactly it: --data, --method and --model, then --set for each field the CLI would otherwise resolve differently."""
     dataset = sample_pick.as_trained(form.dataset, *form.identity)
     config, _ = resolve_job(form_config(dataset, form.data_format, form.drop_invalid, form.eval_size, form.method,
-                                        form.values))
+                                        form.values, form.columns))
     data_path = config.data.path or "DATA.jsonl"
     output = f"runs/{Path(data_path).stem}-{config.method}"
     given = {"data.path": data_path, "method": config.method, "model.base_model": config.model.base_model}
@@ -234,7 +241,8 @@ def start(form: TrainForm, request: gr.Request):
     if not form.dataset:
         raise gr.Error("No dataset yet: upload or pick one on the Data tab first.")
     dataset = sample_pick.as_trained(form.dataset, *form.identity)  # the Name and Maker the fields say now
-    config = form_config(dataset, form.data_format, form.drop_invalid, form.eval_size, form.method, form.values)
+    config = form_config(dataset, form.data_format, form.drop_invalid, form.eval_size, form.method, form.values,
+                         form.columns)
     require_allowed_base(config.model.base_model)
     run_id = lifecycle.start_run(config, owner=visitor.owner_key)
     gr.Info(f"Run {run_id} queued; it starts as soon as the GPU is free.")

@@ -2,6 +2,7 @@
 whatever they are; the identity sample is filled in with the typed name and maker in the visitor's own folder,
 and again as the run starts; the API names samples as before; Compare picks the newest run until the visitor
 picks, and says what it compares. The browser test (test_browser_app.py) does all of it in one real first run."""
+import json
 from pathlib import Path
 
 import gradio as gr
@@ -10,6 +11,7 @@ import pytest
 from phi3lora.data import samples
 from phi3lora.runs import lifecycle
 from phi3lora.ui import common, compare_tab, data_tab, sample_pick, train_tab
+from phi3lora.ui.state import TokenizerCache
 
 
 @pytest.fixture
@@ -69,8 +71,8 @@ def test_the_api_names_a_sample_by_name_or_path_and_fills_the_identity(tmp_path,
             train_tab._bundled_path(name, tmp_path, "", "")
 
 
-def test_compare_picks_the_newest_run_until_the_visitor_picks(identity_copy):
-    _, run_id = identity_copy
+def test_compare_picks_the_newest_run_until_the_visitor_picks(finished_copy):
+    _, run_id = finished_copy
     ref = f"run:{run_id}"
     adapters, *_ = compare_tab.refresh_choices({}, False, [], None, None, None, None)
     assert adapters.value == [ref]
@@ -80,3 +82,27 @@ def test_compare_picks_the_newest_run_until_the_visitor_picks(identity_copy):
     dataset = lifecycle.run_info(run_id).dataset
     assert note.startswith(f"Comparing base with run **{run_id}** ({dataset}, finished 20"), note
     assert compare_tab.describe_choice(["run:20990101-000000-aaaaaa"], {}, None).startswith("**No adapter chosen**")
+
+
+def test_the_columns_field_maps_a_files_own_names_for_the_analysis_and_the_job(tmp_path, home):
+    """A file whose columns no format names: refused with the mapping it needs, read once the Columns field maps
+    them, and the job the form builds carries the mapping (config.yaml, a resumed run)."""
+    path = tmp_path / "sums.jsonl"
+    path.write_text("".join(json.dumps({"ask": f"What is {n} + {n}?", "reply": f"{2 * n}."}) + "\n" for n in range(6)))
+    dataset = {"path": str(path), "name": "sums.jsonl", "source": "uploaded"}
+    tokenizers = TokenizerCache()
+    with pytest.warns(UserWarning, match="sums.jsonl has no usable conversations"):
+        _, problems, *_ = data_tab.analyse(tokenizers, dataset, "auto", None, 512, 0.1)
+    assert "--columns" in problems.to_string()
+    summary, problems, *_ = data_tab.analyse(tokenizers, dataset, "auto", None, 512, 0.1, "prompt=ask,completion=reply")
+    assert "format **prompt_completion**" in summary and "**6** usable conversations" in summary, summary
+    with pytest.raises(gr.Error, match="'prompt' is mapped twice"):
+        data_tab.analyse(tokenizers, dataset, "auto", None, 512, 0.1, "prompt=ask,prompt=reply")
+    with pytest.raises(gr.Error, match="20,006 characters, over the 10,000 a mapping may take"):
+        data_tab.analyse(tokenizers, dataset, "auto", None, 512, 0.1, "prompt" + "=" * 20_000)
+    with pytest.warns(UserWarning, match="no usable conversations"):
+        _, problems, *_ = data_tab.analyse(tokenizers, dataset, "auto", None, 512, 0.1, "prompt=nowhere,completion=reply")
+    assert "the file has no column 'nowhere'; its columns are 'ask', 'reply'" in problems.to_string()
+    config = train_tab.form_config(dataset, "auto", False, 0.1, "lora", (), "prompt=ask,completion=reply")
+    assert config.data.columns == {"prompt": "ask", "completion": "reply"}
+    assert train_tab.form_config(dataset, "auto", False, 0.1, "lora", (), "  ").data.columns is None
