@@ -134,7 +134,7 @@ def test_model_defaults_fill_only_what_nobody_set():
     t = config.training_config
     assert (t.learning_rate, t.max_length) == (2e-4, DEFAULT_MAX_LENGTH)  # set by the user, even to a general default
     assert (t.num_train_epochs, t.per_device_train_batch_size, t.gradient_checkpointing) == (5.0, 8, False)
-    assert "demo-model defaults: num_train_epochs=10.0" in note and "learning_rate" not in note
+    assert "demo-model defaults: num_train_epochs=5.0" in note and "learning_rate" not in note
     assert resolve_job(config)[0] == config  # resolving twice changes nothing
     other, note = resolve_job(build_job(values_layer({"model.base_model": "some-org/some-phi3"})))
     assert other.training_config == JobConfig().training_config and "demo-model" not in note

@@ -278,7 +278,7 @@ def offer(url: str, cookies: httpx.Cookies, what: str, run_id: str) -> str:
     if what == "adapter zip":
         events = [("Refresh", [[], None, None, None]), ("Download adapter (.zip)", [run_id])]
     else:
-        events = [("Refresh list", [None, [], None, None, None]), ("Evaluate", [run_id, 2])]
+        events = [("Refresh list", [None, True, [], None, None, None]), ("Evaluate", [run_id, 2])]
     return link_in(page_events(url, cookies, *events), url)
 
 

@@ -212,7 +212,7 @@ def _api_run(max_steps: int) -> str:
 def test_the_app_killed_mid_training_and_restarted_reattaches_to_the_running_run(tmp_path, identity_data):
     """SIGKILL of the app's process group leaves the run's own processes (their own sessions) training; a new
     app on the same data root shows it running, follows it to completion, and its loss curve has every step."""
-    max_steps = 10
+    max_steps = 30  # steps of the short identity sample go fast: enough left to stop the run mid-way
     with app_server(tmp_path / "first") as first:
         client = Client(first.url, verbose=False)
         run_id = client.predict(handle_file(str(identity_data)), None, _api_run(max_steps), api_name="/start_training")

@@ -12,10 +12,11 @@ from phi3lora.config import ModelSettings
 from phi3lora.job_builder import load_job
 
 def test_train_on_two_cpu_processes_writes_one_stream_and_one_of_each_file(tmp_path, identity_data):
-    out = tmp_path / "out"
+    out, data = tmp_path / "out", tmp_path / "identity-36.jsonl"
+    data.write_text("".join(identity_data.read_text().splitlines(keepends=True)[:36]))  # 32 train, 4 eval
     sets = ["max_steps=4", "logging_steps=1", "max_length=128", "per_device_train_batch_size=2",
             "per_device_eval_batch_size=2", "eval_strategy=no", "save_strategy=no"]
-    done = run_cli("train", "--output", out, "--data", identity_data, "--model", "demo", "--processes", "2",
+    done = run_cli("train", "--output", out, "--data", data, "--model", "demo", "--processes", "2",
                    *[a for s in sets for a in ("--set", s)], env={"OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("done in") == 1 and done.stdout.count("trainable parameters") == 1  # rank 0 speaks
