@@ -202,7 +202,7 @@ class Session:
         if self.timed("upload", self.page_event("use_upload", handle_file(str(path)))) is None:
             return
         self.uploads.append(name)
-        result = self.timed("analyse", self.page_event("analyse", "auto", "demo", 512, 0.1))
+        result = self.timed("analyse", self.page_event("analyse", "auto", "demo", 512, 0.1, ""))
         if result is None:
             return
         self.check_foreign("analyse", result)
