@@ -596,7 +596,7 @@ def test_bob_cannot_read_alices_upload_through_the_hub_id_box(space, tmp_path):
     for typed in ("phi3lora_home/uploads", "phi3lora_home", "json"):
         bob = Page(server.url, "bob")
         loaded, _ = bob.run("Load", "click", [typed, None])
-        shown, _ = bob.run("base model", "change", [None, "auto", "demo", 512, 0.1])  # the analysis that follows
+        shown, _ = bob.run("base model", "change", [None, "auto", "demo", 512, 0.1, ""])  # the analysis that follows
         assert SECRET not in json.dumps(loaded) + json.dumps(shown), f"bob read alice's upload through {typed!r}"
         assert not loaded["success"], (typed, loaded)
         assert re.search(REFUSED, loaded["output"]["error"]), loaded["output"]["error"]
@@ -611,7 +611,7 @@ def test_an_outsiders_base_model_names_load_nothing_and_tell_nothing(space, tmp_
     connections_before = hub.connections
     answers = {}
     for what, name in probes(tmp_path).items():
-        shown, warnings = eve.run("base model", "change", [None, "auto", name, 512, 0.1])
+        shown, warnings = eve.run("base model", "change", [None, "auto", name, 512, 0.1, ""])
         assert shown["success"], (what, shown["output"])  # the analysis goes on, with the demo model's tokenizer
         answers[what] = [the_same_whatever_the_name(w) for w in warnings]
     assert len({json.dumps(a) for a in answers.values()}) == 1, answers
