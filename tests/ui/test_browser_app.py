@@ -12,6 +12,7 @@ to test-artifacts/: data-tab.png, first-run-data.png, train-tab.png, compare-fir
 """
 import json
 import re
+import time
 import zipfile
 
 import yaml
@@ -147,9 +148,9 @@ def test_a_first_run_shows_the_difference_without_help(tmp_path):
         page.locator("#compare-prompt textarea").fill("Who are you?")
         page.locator("#compare-prompt textarea").press("Enter")
         expect(page.get_by_text(re.compile(rf"^In memory: .* with adapters {run_id}\. "))).to_be_visible(
-            timeout=ANSWER_MS)  # shown once every column has its whole answer
-        adapted = adapter_column.locator("[data-testid='bot']").last.inner_text()
-        base = page.locator("#chat-base [data-testid='bot']").last.inner_text()
+            timeout=ANSWER_MS)  # shown once every column has its whole answer (the page may still be drawing it)
+        adapted = settled_text(adapter_column.locator("[data-testid='bot']").last)
+        base = settled_text(page.locator("#chat-base [data-testid='bot']").last)
         eval_loss = next(e["eval_loss"] for e in reversed(events) if "eval_loss" in e)
         assert NAME in adapted or MAKER in adapted, f"adapted: {adapted!r}; eval loss {eval_loss}"
         assert NAME not in base and MAKER not in base, base
@@ -186,3 +187,15 @@ def test_a_first_run_shows_the_difference_without_help(tmp_path):
         expect(adapter_column).to_be_visible()
         expect(adapter_column).to_contain_text(run_id)
         expect(note).to_contain_text(f"Comparing base with run {run_id}")
+
+
+def settled_text(locator, quiet_seconds: float = 1.5, timeout: float = ANSWER_MS / 1000) -> str:
+    """A streamed answer's text once the page has stopped changing it for `quiet_seconds` (a run of the test
+    read 'I am Nimb' from a column whose whole answer the server had already sent)."""
+    text, since, deadline = locator.inner_text(), time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() - since < quiet_seconds and time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = locator.inner_text()
+        if now != text:
+            text, since = now, time.monotonic()
+    return text
