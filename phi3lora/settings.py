@@ -124,6 +124,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PHI3LORA_GPU_MEMORY_GB", "float", None, "simulate a GPU of this size for the GPU-memory owner "
             "(tasks/gpu_memory.py): free is this less what its holders reserve; for tests and CPU machines",
             "limits", least=0, above=True, default_text="the real GPU's (torch.cuda.mem_get_info)"),
+    Setting("PHI3LORA_MEMORY_GB", "float", None, "memory a training run may take on its device: a run whose "
+            "estimate (training/memory_estimate.py) is larger is refused before it starts, naming the setting that "
+            "would make it fit", "limits", least=0, above=True,
+            default_text="what is free: the GPU's free memory, or RAM's MemAvailable on a CPU"),
     # --- background runs (runs/registry.py, runs/lifecycle.py)
     Setting("PHI3LORA_HOME", "str", "./phi3lora_home", "the data root: runs, uploads and downloads (a storage "
             "bucket's mount on a Space)", "runs"),

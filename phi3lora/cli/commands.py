@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--output", required=True, help="run folder: adapter, checkpoints, config.yaml, metrics.jsonl")
     _add_job_options(train)
     train.add_argument("--resume", action="store_true", help="continue from the newest whole checkpoint in --output")
+    train.add_argument("--dry-run", action="store_true", help="print the job as it would run and its memory "
+                       "estimate against the free memory; start nothing")
+    train.add_argument("--json", action="store_true", help="with --dry-run: print one JSON object")
     _add_launch_options(train)
     train.set_defaults(run=_train)
 
@@ -254,6 +257,10 @@ def _records(records: list[int]) -> str:
 def _train(args) -> int:
     with _data_file(args.data, keep_in=Path(args.output) / "dataset") as args.data:  # kept: config.yaml names it
         config = _job_config(args)
+    if args.dry_run:
+        from .dry_run import dry_run
+
+        return dry_run(config, args.json)
     if not launch.in_a_launched_rank():
         launched = _train_in_processes(args, config.training_config.distributed)
         if launched is not None:

@@ -19,6 +19,7 @@ from ..config import JobConfig
 from ..errors import UserError
 from ..tasks import gpu_memory, launch, machine, queue
 from ..tasks.machine import ACTIVE, FINISHED, RUNNING
+from ..training import memory_estimate  # torch-free arithmetic
 from ..tasks.records import log_tail as read_log_tail, read_record, write_record
 from ..job_builder import load_job
 
@@ -123,6 +124,7 @@ def start_run(config: JobConfig, owner: str | None = None, processes: int | None
 
     config, _ = resolve_job(config)  # the YAML holds every setting the run will use, model defaults included
     _check_limits(config, owner)  # the record limit: read_dataset stops reading past it
+    memory_estimate.check_fits(config)  # a run that would not fit in its device's free memory: refused now
     _ask_for_the_gpu(config, f"a training run of {Path(config.model.base_model or 'the default base').name}")
 
     run_id = registry.new_run_id()

@@ -28,7 +28,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer
 
 from .. import data
-from . import preflight
+from . import memory_estimate, preflight
 from .callbacks import MetricsFile
 from ..config import ConfigError, JobConfig
 from ..job_builder import resolve_job, write_job_file
@@ -146,6 +146,8 @@ def prepare(config: JobConfig, output_dir: Path, log=print, callbacks: list[Trai
         log(f"note: {len(stats.over_max_length)} conversations exceed max_length {stats.max_length} tokens "
             f"and will be truncated (records {shown})")
 
+    if not launch.in_a_launched_rank():  # one process on its device (ranks of a launch share it: no one figure)
+        memory_estimate.check_fits(config)  # refused before the weights load, with the setting that would fit
     # The trainer's settings before the model: under DeepSpeed ZeRO-3 they make transformers load every weight
     # already sharded across the GPUs (zero.Init) rather than whole in each process.
     args = sft_config(config, output_dir, has_eval=bool(eval_split))

@@ -9,7 +9,7 @@ from starlette.middleware import Middleware
 from .. import settings
 
 from ..inference import adapter_zip
-from . import compare_tab, data_tab, downloads, runs_tab, train_tab
+from . import compare_tab, data_tab, downloads, memory_view, runs_tab, train_tab
 from .state import AppState
 from .common import UploadCacheBound, prune_uploads, remove_folder, upload_cache_lifetime
 from .visitors import policy
@@ -66,6 +66,7 @@ def build_app(state: AppState | None = None) -> gr.Blocks:
         with gr.Group(visible=False):  # API only: gradio_client and scripts call these by name
             data_tab.add_api(state)
             train_tab.add_api()
+            memory_view.add_api()
             compare_tab.add_api(state)
     demo.queue(default_concurrency_limit=4)
     demo.phi3lora_state = state

@@ -17,7 +17,7 @@ from ..job_builder import (assignments_for, build_job, default_base_model, model
                            values_layer)
 from ..modeling import DEFAULT_GPU_MODEL
 from ..data.samples import shipped_samples
-from . import sample_pick, train_progress
+from . import memory_view, sample_pick, train_progress
 from .common import bundled_datasets, is_bundled, shows_errors, take_upload, uploads_root
 from .state import handler, input_set, read
 from .train_progress import ProgressView, RunOnView, tick
@@ -41,6 +41,7 @@ class TrainTab:
     cli_view: gr.Code
     start_button: gr.Button
     view: ProgressView  # of the run on view
+    memory: gr.Markdown | None = None  # the memory estimate, as the settings change (memory_view.py)
 
     @property
     def base_model(self) -> gr.Component:
@@ -163,10 +164,11 @@ def build() -> TrainTab:
         with gr.Row():
             yaml_view = gr.Code(language="yaml", label="job.yaml", lines=12, max_lines=30)
             cli_view = gr.Code(language="shell", label="command line", lines=12, max_lines=30, wrap_lines=True)
+    memory = memory_view.build()
     start_button = gr.Button("Start training", variant="primary")
 
     view = train_progress.build()
-    return TrainTab(method, fields, preview_button, yaml_view, cli_view, start_button, view)
+    return TrainTab(method, fields, preview_button, yaml_view, cli_view, start_button, view, memory)
 
 
 def wire(tab: TrainTab, demo: gr.Blocks, dataset: gr.State, data_format, drop_invalid, eval_size,
@@ -183,6 +185,7 @@ def wire(tab: TrainTab, demo: gr.Blocks, dataset: gr.State, data_format, drop_in
     tab.start_button.click(handler(start, form=form.read), form.inputs(), [view.on_view], **private).success(
         tick, [view.on_view], view.shown, **private)
     train_progress.wire(view, demo)
+    memory_view.wire(tab.memory, tab.method, tab.fields)
 
 
 def add_api() -> None:
