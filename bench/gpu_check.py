@@ -14,6 +14,8 @@ time-boxed; a part that fails or runs out of time is reported with why, and the 
   compare   base + the two adapters streamed side by side through SideBySide, as the Compare tab does
   export    an adapter merged into the base (phi3lora.deploy.export.merge_and_save)
   oom       a background run with a batch that cannot fit: phi3lora's out-of-memory sentence with its 4-bit hint
+  memory    the memory estimate (phi3lora/training/memory_estimate.py) against torch.cuda.max_memory_allocated of a
+            LoRA run, with and without gradient checkpointing (bench/memory_estimate.py --device-check)
 
 --dry-run runs every part at toy size on the CPU (the demo model's widths, 2 steps), to prove the plumbing.
 Prints one table and writes it, with every part's result, as JSON (--out; written again after each part).
@@ -47,7 +49,7 @@ TARGETS = {"ours LoRA": ("speed_vs_cookbook", ">=", 1.8), "ours QLoRA": ("speed_
 MEMORY_TARGETS = {"ours LoRA": ("memory_per_token_vs_cookbook", "<=", 0.6)}
 # seconds each part may take: on the GPU (full size), and in a dry run (toy size, on a slow shared CPU)
 BOXES = {"probe": (90, 120), "build": (240, 120), "train": (180, 300), "compare": (150, 240), "export": (180, 240),
-         "oom": (180, 300)}
+         "oom": (180, 300), "memory": (150, 240)}
 
 
 @dataclass
@@ -155,6 +157,14 @@ def plan(work: Path, dry_run: bool, steps: int, tokenizer: str | None, flash: bo
                        "--batch", "32" if dry_run else "64", *(["--memory-cap-gb", "4"] if dry_run else []),
                        "--timeout", str(BOXES["oom"][dry_run] - 30), "--result", str(work / "oom.json")],
                       work / "oom.json", needs=["build Phi-3-mini"]))
+    for checkpointing in ("true", "false"):  # the estimate's fixed part, then its activations
+        result = work / f"memory-{checkpointing}.json"
+        parts.append(Part(f"memory, checkpointing {checkpointing}", "memory",
+                          [PYTHON, str(BENCH / "memory_estimate.py"), "--device-check", str(model), "--result",
+                           str(result), f"--set=gradient_checkpointing={checkpointing}",
+                           "--set=per_device_train_batch_size=2" if dry_run else "--set=per_device_train_batch_size=4",
+                           "--set=max_length=128" if dry_run else "--set=max_length=1024"],
+                          result, needs=["build Phi-3-mini"]))
     return parts
 
 
@@ -202,6 +212,9 @@ def summary(part: Part, peak_tflops: float | None, rows: dict[str, dict]) -> tup
                 f"({out['tokens_per_second']} tokens/s)", f"first update after {out['first_update_seconds']} s")
     if part.kind == "export":
         return f"{out['size_gb']} GB merged in {out['seconds']} s", f"sliding_window {out['sliding_window']} kept"
+    if part.kind == "memory":
+        return (f"estimate {out['estimate_gb']} GB vs {out['measured_gb']} GB measured ({out['ratio']}x)",
+                f"{out['measured_as']}; " + ", ".join(f"{k} {v}" for k, v in out["parts_gb"].items())[:240])
     detail, _, hint = out["reason"].partition("): ")  # "out of memory (what torch said): what to do; then ..."
     return (f"the run failed as it should in {out['seconds']} s, 4-bit hint shown",
             f"{detail[:90]}...): {hint[:160]}")

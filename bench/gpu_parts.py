@@ -117,7 +117,8 @@ def oom(base: str, home: Path, batch: int, memory_cap_gb: float | None, timeout:
     home.mkdir(parents=True, exist_ok=True)
     data = sample_data.write(home / "too_big.jsonl", sample_data.longest(batch))
     env = {**os.environ, "PHI3LORA_HOME": str(home), "PHI3LORA_BASE_MODEL": base, "PHI3LORA_TRAINER_NICE": "0",
-           "PHI3LORA_CANCEL_GRACE": "5"}
+           "PHI3LORA_CANCEL_GRACE": "5",
+           "PHI3LORA_MEMORY_GB": "1000000"}  # past the estimate's refusal at start: this part wants the real failure
     cap = None
     if memory_cap_gb:  # address space, not RAM: few threads and malloc arenas, or they alone would reserve the cap
         env.update(OMP_NUM_THREADS="2", MALLOC_ARENA_MAX="2")

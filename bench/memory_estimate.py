@@ -1,6 +1,7 @@
 """The memory estimate (phi3lora/training/memory_estimate.py) against the measured peak of real training runs.
 
     python bench/memory_estimate.py [--steps 2] [--only demo|real-shape|overhead] [--out result.json]
+    python bench/memory_estimate.py --device-check MODEL [--set KEY=VALUE ...] --result R.json   (bench/gpu_check.py)
 
 Each case trains `python -m phi3lora train` in a fresh process, over conversations longer than max_length (so every
 batch is batch x max_length tokens, the estimate's worst case), and reads the process's peak resident set
@@ -102,12 +103,53 @@ def cases(work: Path, only: list[str] | None, steps: int) -> dict[str, dict]:
     return results
 
 
+def device_check(base: str, work: Path, settings: list[str], steps: int) -> dict:
+    """The GPU check's part (bench/gpu_check.py): one run in this process on its device, the estimate against
+    torch.cuda.max_memory_allocated on a GPU (less the estimate's fixed overhead: the CUDA context is not in that
+    figure), or against the peak RSS on a CPU (the dry run)."""
+    import torch
+
+    from phi3lora.job_builder import assignments_layer, build_job, resolve_job, values_layer
+    from phi3lora.training import memory_estimate as estimator
+    from phi3lora.training.trainer import train
+
+    work.mkdir(parents=True, exist_ok=True)
+    data = long_conversations(work / "long.jsonl", 16, 2000)
+    config, _ = resolve_job(build_job(
+        values_layer({"model.base_model": base, "data.path": str(data)}),
+        assignments_layer(["eval_size=0", "eval_strategy=no", "save_strategy=no", "logging_steps=1",
+                           f"max_steps={steps}", *settings])))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    found = estimator.estimate(config, device)
+    train(config, work / "run", log=lambda *_: None)
+    if device == "cuda":
+        measured = torch.cuda.max_memory_allocated()
+        compared = found.total - found.parts["fixed overhead (libraries)"]
+    else:
+        measured = int([line for line in open("/proc/self/status") if line.startswith("VmHWM")][0].split()[1]) * 1024
+        compared = found.total
+    return {"device": device, "settings": settings, "estimate_gb": round(compared / GB, 3),
+            "measured_gb": round(measured / GB, 3), "ratio": round(compared / measured, 3),
+            "measured_as": "torch.cuda.max_memory_allocated" if device == "cuda" else "peak RSS (VmHWM)",
+            "parts_gb": found.to_dict()["parts_gb"]}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--only", action="append", choices=["overhead", "demo", "real-shape"])
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--device-check", metavar="BASE", help="the GPU check's part: one run of BASE on this "
+                        "process's device, with --set settings; its result to --result")
+    parser.add_argument("--set", dest="settings", action="append", default=[])
+    parser.add_argument("--result", type=Path)
     args = parser.parse_args(argv)
+    if args.device_check:
+        with tempfile.TemporaryDirectory(prefix="phi3lora-memory-") as work:
+            result = device_check(args.device_check, Path(work), args.settings, args.steps)
+        args.result.write_text(json.dumps(result, indent=2))
+        print(json.dumps(result))
+        return result
     with tempfile.TemporaryDirectory(prefix="phi3lora-memory-") as work:
         results = cases(Path(work), args.only, args.steps)
     print(f"\n{'case':<52}{'estimate':>10}{'measured':>10}{'ratio':>7}")

@@ -6,6 +6,7 @@
   side by side  base + adapter in one mixed batch vs two sequential generations              (bench/side_by_side.py)
   app           /run_status latency while training vs idle; cold start vs a bare Gradio app (bench/app_figures.py)
   validate      `validate FILE` start to report vs the same with torch imported first     (bench/validate_start.py)
+  memory        the memory estimate vs the measured peak RSS of real runs, demo and real-shape (bench/memory_estimate.py)
 
 --quick runs fewer steps and repeats (a few minutes on two CPU cores); --gpu benchmarks Phi-3-mini's size on the
 GPU instead of the demo model on the CPU (install requirements-gpu.txt first; bench/gpu_check.sh does, and checks
@@ -29,6 +30,7 @@ import app_figures  # noqa: E402
 import side_by_side  # noqa: E402
 import training  # noqa: E402
 import validate_start  # noqa: E402
+import memory_estimate  # noqa: E402
 
 # (variant, what to compare, at least / at most, bound): the issue's targets, checked on the printed ratios.
 # Memory is compared per useful token: ours packs 2048-token rows, the Cookbook pads 4 conversations a step.
@@ -84,6 +86,21 @@ def side_by_side_rows(quick: bool) -> tuple[list[dict], dict]:
     ], result
 
 
+def memory_rows(quick: bool) -> tuple[list[dict], dict]:
+    """Estimate / measured peak RSS, each within 20% (memory_estimate.TARGET); the baseline is the measurement."""
+    results = memory_estimate.main(["--steps", "1" if quick else "2"])
+    low, high = memory_estimate.TARGET
+    rows = []
+    for name, r in results.items():
+        if "skipped" in r:
+            continue
+        found = row(f"memory estimate vs peak RSS: {name}", r["measured_gb"], r["estimate_gb"], "GB", None,
+                    ", ".join(r["settings"]))
+        found.update(target=f"{low}..{high}", met=low <= found["ratio"] <= high)
+        rows.append(found)
+    return rows, results
+
+
 def machine() -> dict:
     import torch
 
@@ -115,11 +132,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
     parser.add_argument("--gpu", action="store_true", help="Phi-3-mini's size on the GPU (training)")
     parser.add_argument("--peak-tflops", type=float, help="with --gpu: the GPU's peak bf16 TFLOPS (default: by name)")
-    parser.add_argument("--only", choices=["training", "side_by_side", "app", "validate"], action="append",
+    parser.add_argument("--only", choices=["training", "side_by_side", "app", "validate", "memory"], action="append",
                         help="run only these parts (repeatable)")
     parser.add_argument("--out", type=Path, help="write the table, the details and the machine as JSON")
     args = parser.parse_args(argv)
-    parts = args.only or ["training", "side_by_side", "app", "validate"]
+    parts = args.only or ["training", "side_by_side", "app", "validate", "memory"]
     started = time.time()
     rows, details = [], {}
     if "training" in parts:
@@ -137,6 +154,9 @@ def main(argv=None) -> dict:
                         result["median_s"]["validate"], "s", f"<= {validate_start.TARGET}",
                         f"{result['file']}; CPU {result['median_cpu_s']['validate']} s vs "
                         f"{result['median_cpu_s']['torch_first']} s"))
+    if "memory" in parts:
+        memory_table, details["memory"] = memory_rows(args.quick)
+        rows += memory_table
     print_table(rows)
     report = {"command": " ".join(["python bench/run.py", *(argv if argv is not None else sys.argv[1:])]),
               "machine": machine(), "seconds": round(time.time() - started), "rows": rows, "details": details}

@@ -49,6 +49,12 @@ def test_the_dry_run_builds_phi3_mini_with_its_sliding_window_and_plans_every_pa
     table = {line[0]: line for line in report["table"]}
     assert table["setup: data in the repository"][1] == "ok" and "sliding_window 2047" in table["build Phi-3-mini"][2]
     assert "build Phi-3-mini" in done.stdout and "notes" in done.stdout  # the printed table
+    # the memory estimate against CUDA's max allocated, after the build (bash bench/gpu_check.sh --dry-run runs it)
+    for checkpointing in ("true", "false"):
+        command = commands[f"memory, checkpointing {checkpointing}"]
+        assert command[1].endswith("bench/memory_estimate.py") and command[2:4] == ["--device-check", model]
+        assert f"--set=gradient_checkpointing={checkpointing}" in command
+    assert parts["memory, checkpointing true"]["why"] == "not asked for (--only)"
 
 
 def test_a_part_that_fails_or_overruns_is_stopped_and_says_why(tmp_path):

@@ -14,6 +14,7 @@ line below says where its factor comes from.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,8 +33,9 @@ CPU_FIXED_OVERHEAD = int(0.55 * GB)
 CUDA_FIXED_OVERHEAD = int(0.75 * GB)
 # The peak over what autograd saves: gradients flowing back and the step's temporaries, plus, on a CPU, glibc's
 # heap keeping freed blocks. Measured on this CPU: 2.1x (demo, 4 layers) to 2.3x (Phi-3-mini widths, 2 layers) per
-# layer. On a GPU the caching allocator counts only live tensors: 1.5x, to be calibrated by the GPU check.
-BACKWARD_FACTOR = {"cpu": 2.2, "cuda": 1.5}
+# layer. On a GPU only live tensors count, and the backward frees each layer's as it goes: one layer's gradients on
+# top, about 1.1x (not yet measured on a GPU: bench/gpu_check.py's memory parts compare it).
+BACKWARD_FACTOR = {"cpu": 2.2, "cuda": 1.1}
 # Copies of one logits tile alive at once in trl's fused lm_head: its torch fallback on a CPU makes about 8 (the
 # fp32 tile, exp, probabilities, entropy terms, the top-1 mask; measured 7.8 to 9); Triton fuses them on a GPU.
 LOSS_TILE_COPIES = {"cpu": 8, "cuda": 2}
@@ -119,7 +121,18 @@ def resolved_dtype(setting: str, device: str) -> str:
 
 def model_shape(config: JobConfig) -> Shape | None:
     """The base's shape from its config.json (its folder, or the hub cache), or None where it cannot be read."""
-    found = model_file(_base_path(config), "config.json")
+    path = _base_path(config)
+    return _shape(path) if Path(path).is_dir() else _hub_shape(path)
+
+
+@functools.lru_cache(maxsize=16)
+def _hub_shape(name: str) -> Shape | None:
+    # once per process for a hub model: the Train tab estimates at every change, and a hub must not make it wait
+    return _shape(name)
+
+
+def _shape(name_or_path: str) -> Shape | None:
+    found = model_file(name_or_path, "config.json")
     try:
         return Shape.of(found) if found else None
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
@@ -149,8 +162,8 @@ def estimate(config: JobConfig, device: str | None = None, shape: Shape | None =
     lora_bytes = 4  # peft keeps adapter weights in fp32 (autocast_adapter_dtype), and their gradients too
     adam_bytes = 1 if t.optim.endswith("8bit") else 4  # bitsandbytes' 8-bit states, else fp32 moments
 
-    estimate = MemoryEstimate(device, dtype, trainable_parameters=lora)
-    parts = estimate.parts
+    result = MemoryEstimate(device, dtype, trainable_parameters=lora)
+    parts = result.parts
     parts["fixed overhead (libraries)"] = CUDA_FIXED_OVERHEAD if device == "cuda" else CPU_FIXED_OVERHEAD
     if config.model.load_in_4bit:  # NF4 linear weights with double-quantised scales; the rest stays in dtype
         parts["weights (4-bit NF4)"] = int(linear * gpu_memory.NF4_BYTES + rest * each)
@@ -164,7 +177,7 @@ def estimate(config: JobConfig, device: str | None = None, shape: Shape | None =
     # trl's fused lm_head: tiles of at most TOKEN_TILE x VOCAB_TILE fp32 logits, never the whole [tokens, vocab]
     parts["loss tiles (lm_head)"] = min(tokens, TOKEN_TILE) * min(shape.vocab, VOCAB_TILE) * 4 \
         * LOSS_TILE_COPIES[device]
-    return estimate
+    return result
 
 
 def _saved_activation_bytes(shape: Shape, tokens: int, modules, each: int, checkpointing: bool, dropout: bool) -> int:
@@ -242,8 +255,8 @@ def _refusal(config: JobConfig, device: str, found: MemoryEstimate, free: int, s
                "more memory or a smaller base model"))
 
 
-# Changes that keep what is learnt, first: each a function of the job giving the changed values, or None.
 def _changes(config: JobConfig) -> list[dict]:
+    """The single changes to try, those that keep what is learnt first: each as the settings it changes."""
     t = config.training_config
     changes = []
     if not t.gradient_checkpointing:

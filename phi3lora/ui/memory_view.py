@@ -12,11 +12,9 @@ from ..training import memory_estimate
 from .common import shows_errors
 from .visitors import require_training
 
-PENDING = "memory estimate: appears once the settings are complete"
-
-
-def build() -> gr.Markdown:
-    return gr.Markdown(PENDING, elem_id="memory-estimate")
+def build(initial: dict[str, Any]) -> gr.Markdown:
+    """The line, for the form's initial values (a LoRA job): shown at once, before any change."""
+    return gr.Markdown(_text(lambda: build_job(values_layer({**initial, "method": "lora"}))), elem_id="memory-estimate")
 
 
 def wire(view: gr.Markdown, method: gr.Component, fields: dict[str, gr.Component]) -> None:

@@ -164,7 +164,7 @@ def build() -> TrainTab:
         with gr.Row():
             yaml_view = gr.Code(language="yaml", label="job.yaml", lines=12, max_lines=30)
             cli_view = gr.Code(language="shell", label="command line", lines=12, max_lines=30, wrap_lines=True)
-    memory = memory_view.build()
+    memory = memory_view.build({key: value for key, value in initial.items() if value is not None})
     start_button = gr.Button("Start training", variant="primary")
 
     view = train_progress.build()

@@ -35,7 +35,8 @@ def client(server):
 
 def test_api_lists_the_stable_endpoints(client):
     endpoints = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert endpoints == {"/validate_dataset", "/start_training", "/run_status", "/cancel_training", "/compare"}, \
+    assert endpoints == {"/validate_dataset", "/start_training", "/run_status", "/cancel_training", "/compare",
+                         "/memory_estimate"}, \
         f"UI events leak into the API: {sorted(endpoints)}"
 
 
@@ -149,3 +150,17 @@ def test_a_path_like_identity_name_is_only_text(client, server):
 def test_name_and_maker_fill_only_a_sample_that_holds_them(client):
     with pytest.raises(AppError, match="not an uploaded file"):
         client.predict(handle_file(IDENTITY.path), None, "", "Ada", "", api_name="/start_training")
+
+
+def test_memory_estimate_of_the_train_tab_settings_and_its_refusal(client):
+    """What the Train tab shows under its form as the settings change, by the same function, for a program."""
+    settings = {"model": {"base_model": "demo"}, "training_config": {"per_device_train_batch_size": 2,
+                                                                     "max_length": 256}}
+    small = client.predict(json.dumps(settings), api_name="/memory_estimate")
+    assert small["fits"] is True and small["estimate"]["device"] == "cpu" and small["estimate"]["dtype"] == "float32"
+    assert small["message"].startswith("memory estimate: about") and "free (available RAM" in small["message"]
+    settings["training_config"]["per_device_train_batch_size"] = 8
+    larger = client.predict(json.dumps(settings), api_name="/memory_estimate")
+    assert larger["estimate"]["parts_gb"]["activations"] > 3 * small["estimate"]["parts_gb"]["activations"]
+    with pytest.raises(AppError, match=r"training_config\.max_length: Input should be less than or equal to 131072"):
+        client.predict(json.dumps({"max_length": 10**6}), api_name="/memory_estimate")
