@@ -241,11 +241,13 @@ def report(config: JobConfig, device: str | None = None) -> dict:
     return result
 
 
-def check_fits(config: JobConfig, device: str | None = None) -> None:
-    """Refuse a job whose estimate exceeds the memory available to it, before anything is queued or loaded."""
+def check_fits(config: JobConfig, device: str | None = None) -> str:
+    """Refuse a job whose estimate exceeds the memory available to it, before anything is queued or loaded; else
+    the estimate's line, for the log."""
     found = report(config, device)
     if found["fits"] is False:
         raise MemoryWontFit(found["message"])
+    return found["message"]
 
 
 def _refusal(config: JobConfig, device: str, found: MemoryEstimate, free: int, source: str) -> str:

@@ -147,7 +147,7 @@ def prepare(config: JobConfig, output_dir: Path, log=print, callbacks: list[Trai
             f"and will be truncated (records {shown})")
 
     if not launch.in_a_launched_rank():  # one process on its device (ranks of a launch share it: no one figure)
-        memory_estimate.check_fits(config)  # refused before the weights load, with the setting that would fit
+        log(memory_estimate.check_fits(config))  # refused before the weights load, with the setting that fits
     # The trainer's settings before the model: under DeepSpeed ZeRO-3 they make transformers load every weight
     # already sharded across the GPUs (zero.Init) rather than whole in each process.
     args = sft_config(config, output_dir, has_eval=bool(eval_split))
