@@ -103,3 +103,22 @@ def test_train_dry_run_prints_the_job_and_its_estimate_and_starts_nothing(identi
     assert "# memory estimate (cpu, float32):" in refused.stdout and "free (PHI3LORA_MEMORY_GB)" in refused.stdout
     assert refused.stderr.startswith("error: this run would need about") and "it would fit with" in refused.stderr
     assert "Traceback" not in refused.stderr and not output.exists()
+
+
+def test_on_a_gpu_the_free_memory_is_torchs_and_an_idle_chat_model_counts_as_free(tiny_model, tmp_path, monkeypatch):
+    import torch
+
+    from phi3lora.tasks import gpu_memory
+
+    monkeypatch.setenv("PHI3LORA_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PHI3LORA_GPU_MEMORY_GB", raising=False)
+    monkeypatch.delenv("PHI3LORA_MEMORY_GB", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU with 0.5 GB free of 8 (no GPU here)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (GB // 2, 8 * GB))
+    job = _job(tiny_model, "model.dtype=auto")
+    refused = memory_estimate.report(job, "cuda")
+    assert refused["fits"] is False and refused["available_gb"] == 0.5 and refused["available_from"] == "free GPU memory"
+    assert "of GPU" in refused["message"] and "0.50 GB is free (free GPU memory)" in refused["message"]
+    with gpu_memory.hold("chat", "the chat model (tiny)", 2 * GB, releasable=True):  # it lets go when a run asks
+        assert memory_estimate.report(job, "cuda")["available_gb"] == 2.5
+        memory_estimate.check_fits(job, "cuda")
