@@ -22,7 +22,7 @@ from .export import add_export_command
 from .samples import add_samples_command
 from .space import add_space_command
 from ..policy.limits import DEFAULT_MAX_NEW_TOKENS
-from ..tasks import launch
+from ..tasks import launch, machine
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,6 +258,8 @@ def _train(args) -> int:
         launched = _train_in_processes(args, config.training_config.distributed)
         if launched is not None:
             return launched
+    if not config.needs_bitsandbytes:
+        machine.leave_out_bitsandbytes()  # before the trainer's imports: see there
     from ..training.trainer import train
 
     result = train(config, args.output, resume=args.resume)
