@@ -19,6 +19,7 @@ from huggingface_hub import ModelCard, constants
 from huggingface_hub.utils._http import default_client_factory
 from test_space import FakeHub, commit_entries
 
+from phi3lora.cli.commands import main
 from phi3lora.deploy import model_card
 from phi3lora.deploy.export import export_status
 from phi3lora.deploy.hub_push import HubPushOptions, PushError, push_run
@@ -159,6 +160,26 @@ def test_merged_push_merges_once_and_uploads_the_export(hub, finished_copy):
     push_run(run_id, HubPushOptions(repo="alice/wren-merged", merged=True), log=messages.append)
     assert len(export_status(run_id)) == 1 and "using the merged model of export 1" in messages
     assert uploaded(hub, "alice/wren-merged")[0]["model.safetensors"] == files["model.safetensors"]
+
+
+def test_cli_pushes_an_adapter_folder_and_names_the_hubs_refusal(hub, finished_copy, capsys):
+    """`push --adapter DIR` (train's --output layout: a run folder is one), in this process so the fake Hub answers."""
+    home, run_id = finished_copy
+    folder = home / "runs" / run_id
+    assert main(["push", "--adapter", str(folder), "--repo", "alice/wren", "--public", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"url": "https://huggingface.co/alice/wren"}
+    [settings] = hub.to("/api/models/alice/wren/settings", "PUT")
+    assert json.loads(settings.content) == {"visibility": "public"}
+    files, _ = uploaded(hub, "alice/wren")
+    assert sorted(files) == ADAPTER_UPLOAD and b"(run " not in files["README.md"]  # no run id: a plain folder
+
+    hub.requests.clear()
+    hub.fail = {"/api/repos/create": 403}
+    assert main(["push", "--adapter", str(folder), "--repo", "bob/wren"]) == 1
+    error = capsys.readouterr().err
+    assert re.fullmatch(r"error: the token is not allowed to do this while creating the repository bob/wren "
+                        r"\(403\): it needs write access to that namespace \(the Hub says: .*\)\n", error), error
+    assert PUSH_TOKEN not in error and hub.to("/commit/main") == []
 
 
 def test_push_without_a_token_says_so_in_one_line(tmp_path):
