@@ -22,7 +22,7 @@ from test_space import FakeHub, commit_entries
 from phi3lora.cli.commands import main
 from phi3lora.deploy import model_card
 from phi3lora.deploy.export import export_status
-from phi3lora.deploy.hub_push import HubPushOptions, PushError, push_run
+from phi3lora.deploy.hub_push import HubPushOptions, PushError, adapter_upload, push_run
 from phi3lora.inference import votes
 from phi3lora.ui import runs_push
 
@@ -258,3 +258,33 @@ def test_on_a_space_only_the_owner_pushes(hub, space):
     assert shown.startswith(f"Pushed the adapter of run {run_id} to [boss/wren](https://huggingface.co/boss/wren)")
     assert "adapter_model.safetensors" in shown and PUSH_TOKEN not in shown
     assert sorted(uploaded(hub, "boss/wren")[0]) == ADAPTER_UPLOAD
+
+
+def test_card_names_a_hub_base_with_its_revision_and_license(finished_copy, tmp_path, monkeypatch):
+    """A base from the Hub: its id in the front matter and adapter_config.json, the commit this machine's hub cache
+    holds, and the license its own card states (a license value that is no license id is left out)."""
+    home, run_id = finished_copy
+    run = home / "runs" / run_id
+    base, commit = "microsoft/Phi-3-mini-4k-instruct", "0123456789abcdef0123456789abcdef01234567"
+    cache = tmp_path / "hub-cache" / "models--microsoft--Phi-3-mini-4k-instruct"
+    (cache / "refs").mkdir(parents=True)
+    (cache / "refs" / "main").write_text(commit)
+    (cache / "snapshots" / commit).mkdir(parents=True)
+    (cache / "snapshots" / commit / "config.json").write_text("{}")
+    readme = cache / "snapshots" / commit / "README.md"
+    readme.write_text("---\nlicense: mit\nlicense_link: https://example.com\n---\n# Phi-3\n")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"]["base_model"] = base
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+
+    facts = model_card.gather(run, run_id)
+    front, body = front_matter_and_body(model_card.render(facts, "alice/wren", merged=False).encode())
+    assert front == {"base_model": base, "library_name": "peft", "license": "mit", "pipeline_tag": "text-generation",
+                     "tags": ["phi3lora", "phi3", "lora", "peft"], "base_model_relation": "adapter"}
+    assert f"- revision: {commit}" in body and f'from_pretrained("{base}", revision="{commit}")' in body
+    adapter_config = json.loads(adapter_upload(run, facts, "alice/wren").files["adapter_config.json"])
+    assert adapter_config["base_model_name_or_path"] == base and adapter_config["revision"] == commit
+
+    readme.write_text("---\nlicense: \"mit\\n---\\ntags: [x]\"\n---\n")
+    assert model_card.gather(run, run_id).base_license is None
