@@ -19,6 +19,7 @@ from ..config import DEFAULT_MAX_LENGTH
 from ..errors import UserError
 from .evaluate import add_evaluate_command
 from .export import add_export_command
+from .push import add_push_command
 from .samples import add_samples_command
 from .space import add_space_command
 from ..policy.limits import DEFAULT_MAX_NEW_TOKENS
@@ -96,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     add_space_command(commands)
     add_evaluate_command(commands)
     add_samples_command(commands)
+    add_push_command(commands)
     return parser
 
 
