@@ -342,6 +342,8 @@ def _print_run(info, log: str) -> None:
     eta = f", ETA {info.eta_seconds:.0f}s" if info.eta_seconds is not None else ""
     print(f"progress: step {info.step}/{info.max_steps}, epoch {info.epoch:.2f}, {info.elapsed:.0f}s{eta}")
     print(f"loss:     train {_fmt(info.train_loss)}, eval {_fmt(info.eval_loss)}, lr {info.learning_rate}")
+    if info.stop_reason:
+        print(f"stopped:  {info.stop_reason}")
     if info.adapter:
         print(f"adapter:  {info.adapter}")
     if log:

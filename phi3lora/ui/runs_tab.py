@@ -22,6 +22,7 @@ from .visitors import policy, require_run, visitor_of
 from .common import download_path, duration, method_name, number, shows_errors, timestamp
 from .downloads import offer
 from . import runs_push
+from .train_progress import kept_marker
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "config.yaml")
 COLUMNS = ["run", "status", "method", "dataset", "base model", "started", "duration", "train loss", "eval loss", "blind win rate",
@@ -157,8 +158,9 @@ def _curves(run_ids: list[str]) -> pd.DataFrame | None:
         progress = registry.Progress()
         for event in registry.MetricsReader(registry.run_dir(run_id) / "metrics.jsonl").update():
             progress.add(event)
-        rows += [{"step": s, "loss": v, "curve": f"{run_id} train"} for s, v in progress.train_curve]
-        rows += [{"step": s, "loss": v, "curve": f"{run_id} eval"} for s, v in progress.eval_curve]
+        curves = [{"step": s, "loss": v, "curve": f"{run_id} train"} for s, v in progress.train_curve]
+        curves += [{"step": s, "loss": v, "curve": f"{run_id} eval"} for s, v in progress.eval_curve]
+        rows += curves + kept_marker(curves, progress.best_step, "curve", f"{run_id} kept: step {{step}}")
     return pd.DataFrame(rows, columns=["step", "loss", "curve"]) if rows else None  # None: see data_tab.build
 
 
