@@ -17,6 +17,7 @@ from .visitors import policy, require_run, visitor_of
 POLL_SECONDS = 2.0
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 ACTIVE, RESUMABLE = machine.ACTIVE, (machine.FAILED, machine.CANCELLED, machine.INTERRUPTED)
+KEPT = "kept (best eval)"  # early stopping's chosen step, a series of its own on the loss plot
 
 
 @dataclass
@@ -59,7 +60,7 @@ def build() -> ProgressView:
     progress = gr.HTML("")
     with gr.Row(equal_height=False):
         losses = gr.LinePlot(None, x="step", y="loss", color="split", title="Loss",
-                             color_map={"train": "#3b82f6", "eval": "#f97316"}, height=300, scale=2)
+                             color_map={"train": "#3b82f6", "eval": "#f97316", KEPT: "#16a34a"}, height=300, scale=2)
         with gr.Column(scale=1):
             figures = gr.Markdown("")
             with gr.Row():
@@ -123,7 +124,7 @@ def _plain(log: str) -> str:
 def _curves_frame(train: list, evaluation: list, kept_step: int | None = None) -> pd.DataFrame | None:
     rows = [{"step": s, "loss": v, "split": "train"} for s, v in train]
     rows += [{"step": s, "loss": v, "split": "eval"} for s, v in evaluation]
-    rows += kept_marker(rows, kept_step, "split", "kept: step {step}")
+    rows += kept_marker(rows, kept_step, "split", KEPT)
     return pd.DataFrame(rows, columns=["step", "loss", "split"]) if rows else None  # None: see data_tab.build
 
 

@@ -62,7 +62,7 @@ def test_a_rising_eval_loss_stops_within_patience_and_keeps_the_best_checkpoint(
 
 
 def test_runs_show_and_the_loss_plot_say_which_step_was_kept(stopped_run):
-    from phi3lora.ui.train_progress import _curves_frame
+    from phi3lora.ui.train_progress import KEPT, _curves_frame
 
     path, summary, _ = stopped_run
     shown = run_cli("runs", "show", path.name)
@@ -74,7 +74,7 @@ def test_runs_show_and_the_loss_plot_say_which_step_was_kept(stopped_run):
     watcher.info()
     progress = watcher.progress
     frame = _curves_frame(progress.train_curve, progress.eval_curve, progress.best_step)
-    marker = frame[frame["split"] == f"kept: step {summary['best_step']}"]
+    marker = frame[frame["split"] == KEPT]
     assert list(marker["step"]) == [summary["best_step"]] * 2  # a vertical line at the kept step
     assert list(marker["loss"]) == [frame["loss"].min(), frame["loss"].max()]
 
