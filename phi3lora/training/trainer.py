@@ -221,7 +221,7 @@ def train(config: JobConfig, output_dir: str | Path, log=print, callbacks: list[
     # 5. Train, then save only the adapter (PEFT's save_pretrained writes just the LoRA weights).
     outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.model.config.use_cache = True  # gradient checkpointing turned the cache off; generation wants it back
-    trainer.save_model(str(output_dir))  # with early stopping, the best checkpoint's adapter (loaded by train())
+    trainer.save_model(str(output_dir))  # with early stopping, the best checkpoint's adapter (the Trainer loaded it)
     kept = _kept_checkpoint(trainer)
 
     result = TrainResult(
