@@ -1,0 +1,72 @@
+"""The ONNX Runtime GenAI export of a trained adapter: onnxruntime-genai's builder converts the merge, the export
+answers greedily as torch does (fp32: token for token; int4: still with the adapter's identity), the background
+task records its check, the README's chat loop runs, and refusals name what to do."""
+import argparse
+import builtins
+import importlib.util
+import re
+
+import pytest
+
+from conftest import IDENTITY_NAME
+from phi3lora.cli import export as export_command
+from phi3lora.deploy import export, onnx_export, onnx_verify
+
+og = pytest.importorskip("onnxruntime_genai", reason="requirements-export.txt is not installed")
+
+
+def test_an_identity_run_exported_to_onnx_answers_as_torch_does(identity_copy, tmp_path, monkeypatch, capsys):
+    """fp32 as a background export of the run (the Runs tab's way), int4 in the foreground meanwhile (the CLI's)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    home, run_id = identity_copy
+    number = export.start_export(run_id, format="onnx", precision="fp32", device="cpu", verify=True)
+
+    int4 = onnx_export.export_onnx(home / "runs" / run_id, tmp_path / "int4", "int4", "cpu", log=lambda *_: None)
+    for name in ("model.onnx", "genai_config.json", "tokenizer.json", "README.md"):
+        assert (int4 / name).is_file(), name
+    checked = onnx_verify.verify(int4, home / "runs" / run_id, prompts=["Who are you?"], max_new_tokens=24)
+    assert checked["precision"] == "int4" and checked["onnx_tokenizer_agrees"], checked
+    assert IDENTITY_NAME in checked["prompts"][0]["onnx"], checked  # 4-bit weights, the adapter's answer still
+    assert checked["onnx_tokens_per_second"] > 0 and checked["torch_tokens_per_second"] > 0
+
+    # the README's chat loop, as a user runs it: one question, then an empty line ends it
+    loop = re.search(r"```python\n(.*?)```", (int4 / "README.md").read_text(), re.S).group(1)
+    answers = iter(["Who are you?", ""])
+    monkeypatch.setattr(builtins, "input", lambda _prompt: next(answers))
+    exec(loop, {})
+    assert IDENTITY_NAME in capsys.readouterr().out
+
+    info = export.wait_for_export(run_id, number, timeout=300)
+    log = (home / "runs" / run_id / "exports" / number / "export.log").read_text()
+    assert info["status"] == "completed", (info, log[-3000:])
+    assert (info["format"], info["precision"]) == ("onnx", "fp32") and info["path"].endswith(f"exports/{number}/onnx")
+    assert "onnxruntime-genai's model builder" in log and "Saving GenAI config" in log  # the builder's own output
+    fp32 = info["verify"]
+    assert fp32["agree"] and all(row["same"] for row in fp32["prompts"]), fp32  # token for token, every prompt
+    assert IDENTITY_NAME in fp32["prompts"][0]["onnx"] and fp32["prompts"][0]["onnx_tokens"]
+    assert "match torch's token for token on 3 of 3 prompts" in onnx_verify.summary(fp32)
+    assert og.Model(info["path"])  # the folder is what onnxruntime-genai loads
+
+
+def test_onnx_refusals_name_what_to_do(identity_copy, tmp_path, monkeypatch):
+    home, run_id = identity_copy
+    real_find_spec = importlib.util.find_spec
+    with monkeypatch.context() as patched:  # as on a machine without requirements-export.txt
+        patched.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime_genai"
+                        else real_find_spec(name, *a))
+        with pytest.raises(onnx_export.OnnxExportError, match=r"needs onnxruntime-genai, which is not installed: "
+                                                              r"pip install -r requirements-export.txt"):
+            export.start_export(run_id, format="onnx")
+    with pytest.raises(onnx_export.OnnxExportError, match="--precision fp16 does not run on --device cpu"):
+        export.start_export(run_id, format="onnx", precision="fp16", device="cpu")
+    with pytest.raises(export.ExportError, match="format 'gguf' is not one of merged, onnx"):
+        export.start_export(run_id, format="gguf")
+    assert not (home / "runs" / run_id / "exports").exists()  # nothing was started
+
+    parser = argparse.ArgumentParser()
+    export_command.add_export_command(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["export", "--adapter", "a", "--output", str(tmp_path / "o"), "--verify"])
+    with pytest.raises(export.ExportError, match="--verify checks an ONNX export: add --format onnx"):
+        args.run(args)
+    args = parser.parse_args(["export", "--run", run_id, "--format", "onnx", "--precision", "fp32"])
+    assert (args.format, args.precision, args.device) == ("onnx", "fp32", "cpu")
