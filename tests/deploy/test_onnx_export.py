@@ -6,6 +6,7 @@ import builtins
 import importlib.util
 import re
 
+import gradio as gr
 import pytest
 
 from conftest import IDENTITY_NAME
@@ -46,6 +47,12 @@ def test_an_identity_run_exported_to_onnx_answers_as_torch_does(identity_copy, t
     assert IDENTITY_NAME in fp32["prompts"][0]["onnx"] and fp32["prompts"][0]["onnx_tokens"]
     assert "match torch's token for token on 3 of 3 prompts" in onnx_verify.summary(fp32)
     assert og.Model(info["path"])  # the folder is what onnxruntime-genai loads
+
+    from phi3lora.ui import runs_tab  # what the Runs tab shows of it
+
+    shown, _timer = runs_tab.show_exports(run_id, request=gr.Request())
+    assert f"export {number}: **completed**: ONNX Runtime GenAI model (fp32) in `runs/{run_id}/exports/{number}/onnx`" \
+        in shown and "token for token on 3 of 3 prompts" in shown, shown
 
 
 def test_onnx_refusals_name_what_to_do(identity_copy, tmp_path, monkeypatch):
