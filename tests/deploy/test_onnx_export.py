@@ -4,6 +4,7 @@ task records its check, the README's chat loop runs, and refusals name what to d
 import argparse
 import builtins
 import importlib.util
+import json
 import re
 
 import gradio as gr
@@ -22,11 +23,16 @@ def test_an_identity_run_exported_to_onnx_answers_as_torch_does(identity_copy, t
     home, run_id = identity_copy
     number = export.start_export(run_id, format="onnx", precision="fp32", device="cpu", verify=True)
 
-    int4 = onnx_export.export_onnx(home / "runs" / run_id, tmp_path / "int4", "int4", "cpu", log=lambda *_: None)
+    # int4 through the command's own function (`export --adapter --format onnx --verify --json`), in this process
+    int4 = tmp_path / "int4"
+    args = _parser().parse_args(["export", "--adapter", str(home / "runs" / run_id), "--output", str(int4),
+                                 "--format", "onnx", "--precision", "int4", "--verify", "--json"])
+    assert args.run(args) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for name in ("model.onnx", "genai_config.json", "tokenizer.json", "README.md"):
         assert (int4 / name).is_file(), name
-    checked = onnx_verify.verify(int4, home / "runs" / run_id, prompts=["Who are you?"], max_new_tokens=24)
-    assert checked["precision"] == "int4" and checked["onnx_tokenizer_agrees"], checked
+    checked = printed["verify"]
+    assert printed["path"] == str(int4) and checked["precision"] == "int4" and checked["onnx_tokenizer_agrees"]
     assert IDENTITY_NAME in checked["prompts"][0]["onnx"], checked  # 4-bit weights, the adapter's answer still
     assert checked["onnx_tokens_per_second"] > 0 and checked["torch_tokens_per_second"] > 0
 
@@ -70,10 +76,15 @@ def test_onnx_refusals_name_what_to_do(identity_copy, tmp_path, monkeypatch):
         export.start_export(run_id, format="gguf")
     assert not (home / "runs" / run_id / "exports").exists()  # nothing was started
 
-    parser = argparse.ArgumentParser()
-    export_command.add_export_command(parser.add_subparsers(dest="command", required=True))
+    parser = _parser()
     args = parser.parse_args(["export", "--adapter", "a", "--output", str(tmp_path / "o"), "--verify"])
     with pytest.raises(export.ExportError, match="--verify checks an ONNX export: add --format onnx"):
         args.run(args)
     args = parser.parse_args(["export", "--run", run_id, "--format", "onnx", "--precision", "fp32"])
     assert (args.format, args.precision, args.device) == ("onnx", "fp32", "cpu")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    export_command.add_export_command(parser.add_subparsers(dest="command", required=True))
+    return parser
