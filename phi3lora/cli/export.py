@@ -15,7 +15,8 @@ from .switches import add_switches
 def add_export_command(subparsers) -> None:
     """Register `export` on the CLI's subparsers."""
     parser = subparsers.add_parser(
-        "export", help="merge an adapter into its base model and save a standalone model (loads without peft)")
+        "export", help="merge an adapter into its base model and save a standalone model (loads without peft), "
+                       "or one for ONNX Runtime GenAI (--format onnx)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--adapter", help="adapter folder (a run's --output): merge it now, into --output")
     source.add_argument("--run", dest="run_id", metavar="RUN_ID", help="run id: merge its adapter in the background into <run>/exports/<n>/model "
