@@ -88,3 +88,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     export_command.add_export_command(parser.add_subparsers(dest="command", required=True))
     return parser
+
+
+def test_the_check_says_where_an_answer_parts_from_torchs():
+    stops = {6}
+    assert onnx_verify._until_stop([48, 601, 6, 9], stops) == [48, 601] and onnx_verify._until_stop([1], stops) == [1]
+    result = {"prompts": [{"prompt": "Who are you?", "same": True, "first_difference": None},
+                          {"prompt": "Who made you?", "same": False, "first_difference": 7}],
+              "onnx_tokens_per_second": 650.0, "torch_tokens_per_second": 31.3}
+    assert onnx_verify.summary(result) == (
+        "the export's greedy answers match torch's token for token on 1 of 2 prompts ('Who made you?' parts at "
+        "token 7); 650.0 tokens/s with ONNX Runtime vs 31.3 with torch on the CPU")
+    assert onnx_verify.summary({"skipped": "no CUDA"}) == "not checked against torch: no CUDA"
