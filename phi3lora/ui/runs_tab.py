@@ -1,5 +1,5 @@
 """Runs tab: every run in a table, the config diff of two runs, their loss curves overlaid, the adapter as a
-zip, and deleting a run (after a confirmation)."""
+zip, and deleting a run (after a confirmation); the Hub push section is ui/runs_push.py."""
 from __future__ import annotations
 
 import zipfile
@@ -21,6 +21,7 @@ from ..tasks import machine
 from .visitors import policy, require_run, visitor_of
 from .common import download_path, duration, method_name, number, shows_errors, timestamp
 from .downloads import offer
+from . import runs_push
 
 ONNX_TARGETS = [("int4, CPU", "int4 cpu"), ("fp32, CPU", "fp32 cpu"), ("int4, CUDA", "int4 cuda"),
                 ("fp16, CUDA", "fp16 cuda")]
@@ -52,6 +53,7 @@ class RunsTab:
     publish_button: gr.Button
     onnx_button: gr.Button  # an export for ONNX Runtime GenAI, checked against torch (deploy/onnx_export.py)
     onnx_target: gr.Dropdown  # its precision and device, "int4 cpu"
+    push: runs_push.PushSection | None = None  # the Hub push section (ui/runs_push.py)
 
     @property
     def run_pickers(self) -> list[gr.Dropdown]:
@@ -91,9 +93,10 @@ def build() -> RunsTab:
             confirm_text = gr.Markdown()
             confirm_button = gr.Button("Yes, delete it", variant="stop", scale=0, min_width=170)
             keep_button = gr.Button("Keep it", scale=0, min_width=100)
+    push = runs_push.build()
     return RunsTab(refresh_button, table, compare, curves, diff_a, diff_b, diff, selected, zip_button, zip_file,
                    export_button, exports, gr.Timer(3.0, active=False), delete_button, confirm_row, confirm_text,
-                   confirm_button, keep_button, publish_button, onnx_button, onnx_target)
+                   confirm_button, keep_button, publish_button, onnx_button, onnx_target, push=push)
 
 
 def wire(tab: RunsTab, tab_item: gr.Tab, demo: gr.Blocks) -> None:
@@ -118,6 +121,8 @@ def wire(tab: RunsTab, tab_item: gr.Tab, demo: gr.Blocks) -> None:
     tab.keep_button.click(lambda: gr.Row(visible=False), None, [tab.confirm_row], **private)
     tab.confirm_button.click(delete, [tab.selected], [tab.confirm_row], **private).success(
         refresh, [tab.compare, tab.diff_a, tab.diff_b, tab.selected], listing, **private)
+    if tab.push is not None:
+        runs_push.wire(tab.push, tab.selected)
 
 
 # --- the table ------------------------------------------------------------------------------------------------

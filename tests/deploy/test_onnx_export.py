@@ -12,7 +12,7 @@ import pytest
 
 from conftest import IDENTITY_NAME
 from phi3lora.cli import export as export_command
-from phi3lora.deploy import export, onnx_export, onnx_verify
+from phi3lora.deploy import export, hub_push, onnx_export, onnx_verify
 
 og = pytest.importorskip("onnxruntime_genai", reason="requirements-export.txt is not installed")
 
@@ -53,6 +53,9 @@ def test_an_identity_run_exported_to_onnx_answers_as_torch_does(identity_copy, t
     assert IDENTITY_NAME in fp32["prompts"][0]["onnx"] and fp32["prompts"][0]["onnx_tokens"]
     assert "match torch's token for token on 3 of 3 prompts" in onnx_verify.summary(fp32)
     assert og.Model(info["path"])  # the folder is what onnxruntime-genai loads
+
+    with pytest.raises(hub_push.PushError, match="has no merged export"):  # a merged push never takes the ONNX one
+        hub_push.merged_export(run_id, log=lambda *_: None, export_if_missing=False)
 
     from phi3lora.ui import runs_tab  # what the Runs tab shows of it
 
