@@ -6,7 +6,7 @@ builder (`python -m onnxruntime_genai.models.builder`), never by graph code of o
                                                            and a README.md with a ten-line chat loop
 
 Why merged, not a separate adapter file: the builder's own LoRA option (`adapter_path`) bakes the adapter into the
-graph as extra MatMuls, no more switchable than a merge and slower; the runtime's switchable adapters
+graph as extra MatMuls, no more switchable than a merge, with two more products in every adapted layer; the runtime's switchable adapters
 (`onnxruntime_genai.Adapters`, `.onnx_adapter` files) come from Microsoft Olive, not from the builder. A merge gives
 the runtime the plain Phi-3 graph it is tuned for, and int4 quantizes the adapted weights themselves.
 
