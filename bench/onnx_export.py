@@ -9,8 +9,8 @@ greedy, batch of 1, from the same prompt tokens:
   onnx_int4      onnxruntime_genai.Generator on the int4 export
   torch_adapter  torch fp32 with the adapter attached by peft: what phi3lora's chat and the export's check run
   torch_merged   torch fp32 on the merged model (no peft): the same weights as the export, in full precision
-torch and onnxruntime get the same number of intra-op threads (--threads). Each is warmed up once, then all are timed --repeats times, interleaved; medians are reported. Needs
-requirements-export.txt.
+torch and onnxruntime get the same number of intra-op threads (--threads). Each is warmed up once, then all are
+timed --repeats times, interleaved; medians are reported. Needs requirements-export.txt.
 """
 from __future__ import annotations
 

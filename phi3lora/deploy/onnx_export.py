@@ -3,11 +3,12 @@ builder (`python -m onnxruntime_genai.models.builder`), never by graph code of o
 
     export_onnx(adapter_dir, out_dir, precision, device)   the folder `onnxruntime_genai.Model(out_dir)` loads:
                                                            model.onnx (+ .data), genai_config.json, the tokenizer,
-                                                           and a README.md with a ten-line chat loop
+                                                           and a README.md with a short chat loop
 
 Why merged, not a separate adapter file: the builder's own LoRA option (`adapter_path`) bakes the adapter into the
-graph as extra MatMuls, no more switchable than a merge, with two more products in every adapted layer; the runtime's switchable adapters
-(`onnxruntime_genai.Adapters`, `.onnx_adapter` files) come from Microsoft Olive, not from the builder. A merge gives
+graph as extra MatMuls, no more switchable than a merge, with two more products in every adapted layer; the
+runtime's switchable adapters (`onnxruntime_genai.Adapters`, `.onnx_adapter` files) come from Microsoft Olive, not
+from the builder. A merge gives
 the runtime the plain Phi-3 graph it is tuned for, and int4 quantizes the adapted weights themselves.
 
 The packages (onnxruntime-genai, onnx, onnx-ir) are optional: requirements-export.txt. Without them an export is
@@ -120,7 +121,8 @@ def readme(adapter_dir: Path, out_dir: Path, precision: str, device: str) -> str
 
     run = read_record(adapter_dir / "run.json") or {}
     trained = f"phi3lora run {run['id']} ({adapter_dir})" if run.get("id") else str(adapter_dir)
-    provider = "" if device == "cpu" else "\nInstall `onnxruntime-genai-cuda` instead of `onnxruntime-genai` to run it.\n"
+    provider = "" if device == "cpu" else \
+        "\nInstall `onnxruntime-genai-cuda` instead of `onnxruntime-genai` to run it.\n"
     return f"""# ONNX Runtime GenAI model: a Phi-3 with a LoRA adapter merged in
 
 Built by onnxruntime-genai's model builder from the base model with the adapter merged into its weights.

@@ -29,7 +29,8 @@ def verify(onnx_dir: str | Path, adapter_dir: str | Path, prompts: tuple[str, ..
 
     onnx_dir = Path(onnx_dir)
     config = json.loads((onnx_dir / "genai_config.json").read_text(encoding="utf-8"))
-    providers = [next(iter(option)) for option in config["model"]["decoder"]["session_options"].get("provider_options", [])]
+    session = config["model"]["decoder"]["session_options"]
+    providers = [next(iter(option)) for option in session.get("provider_options", [])]
     if "cuda" in providers and not og.is_cuda_available():
         return {"skipped": "the export is for CUDA and this machine's onnxruntime-genai has no CUDA"}
     model, tokenizer, stops = _torch_model(Path(adapter_dir))
