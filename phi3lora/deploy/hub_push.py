@@ -161,7 +161,7 @@ def merged_export(run_id: str, log: Callable[[str], object], export_if_missing: 
     saved = (registry.run_dir(run_id) / "adapter_model.safetensors").stat().st_mtime
     for info in reversed(export_status(run_id)):
         if info["status"] == COMPLETED and info["path"] and (info["finished_at"] or 0) >= saved \
-                and Path(info["path"]).is_dir():
+                and Path(info["path"]).is_dir() and info.get("format", "merged") == "merged":  # not an ONNX export
             log(f"using the merged model of export {info['export']}")
             return Path(info["path"])
     if not export_if_missing:
