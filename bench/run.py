@@ -7,6 +7,8 @@
   app           /run_status latency while training vs idle; cold start vs a bare Gradio app (bench/app_figures.py)
   validate      `validate FILE` start to report vs the same with torch imported first     (bench/validate_start.py)
   memory        the memory estimate vs the measured peak RSS of real runs, demo and real-shape (bench/memory_estimate.py)
+  onnx          generation with the int4 ONNX Runtime GenAI export vs torch + adapter, CPU (bench/onnx_export.py;
+                skipped without requirements-export.txt)
 
 --quick runs fewer steps and repeats (a few minutes on two CPU cores); --gpu benchmarks Phi-3-mini's size on the
 GPU instead of the demo model on the CPU (install requirements-gpu.txt first; bench/gpu_check.sh does, and checks
@@ -101,6 +103,21 @@ def memory_rows(quick: bool) -> tuple[list[dict], dict]:
     return rows, results
 
 
+def onnx_rows(quick: bool) -> tuple[list[dict], dict | None]:
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime_genai") is None:
+        print("onnx: skipped (pip install -r requirements-export.txt)")
+        return [], None
+    import onnx_export  # bench/onnx_export.py, imported here: it needs the optional packages
+
+    result = onnx_export.main(["--repeats", "3" if quick else "5"])
+    tps = result["tokens_per_second"]
+    return [row("generate on the CPU: int4 ONNX Runtime GenAI export vs torch + adapter", tps["torch_adapter"],
+                tps["onnx_int4"], "tokens/s", None, f"{result['max_new_tokens']} tokens, {result['threads']} thread; "
+                f"torch merged {tps['torch_merged']} tokens/s")], result
+
+
 def machine() -> dict:
     import torch
 
@@ -132,11 +149,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
     parser.add_argument("--gpu", action="store_true", help="Phi-3-mini's size on the GPU (training)")
     parser.add_argument("--peak-tflops", type=float, help="with --gpu: the GPU's peak bf16 TFLOPS (default: by name)")
-    parser.add_argument("--only", choices=["training", "side_by_side", "app", "validate", "memory"], action="append",
-                        help="run only these parts (repeatable)")
+    parser.add_argument("--only", choices=["training", "side_by_side", "app", "validate", "onnx", "memory"],
+                        action="append", help="run only these parts (repeatable)")
     parser.add_argument("--out", type=Path, help="write the table, the details and the machine as JSON")
     args = parser.parse_args(argv)
-    parts = args.only or ["training", "side_by_side", "app", "validate", "memory"]
+    parts = args.only or ["training", "side_by_side", "app", "validate", "onnx", "memory"]
     started = time.time()
     rows, details = [], {}
     if "training" in parts:
@@ -154,6 +171,9 @@ def main(argv=None) -> dict:
                         result["median_s"]["validate"], "s", f"<= {validate_start.TARGET}",
                         f"{result['file']}; CPU {result['median_cpu_s']['validate']} s vs "
                         f"{result['median_cpu_s']['torch_first']} s"))
+    if "onnx" in parts:
+        onnx_table, details["onnx"] = onnx_rows(args.quick)
+        rows += onnx_table
     if "memory" in parts:
         memory_table, details["memory"] = memory_rows(args.quick)
         rows += memory_table

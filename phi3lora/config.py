@@ -187,6 +187,41 @@ class TrainingConfig(_Section):
         "ddp", description="How several GPUs share the work (accelerate launch): DDP, FSDP, or DeepSpeed ZeRO-2/3."
     )
     seed: int = Field(42, ge=0, description="Random seed for the split, LoRA initialisation and data order.")
+    # Early stopping and trackers (transformers' EarlyStoppingCallback, report_to): training/trainer.py applies them.
+    early_stopping_patience: int = Field(
+        0, ge=0, description="Stop once the eval loss has not improved for this many evaluations in a row, and keep "
+        "the best checkpoint as the run's adapter; 0: off. Needs an eval split, and save_strategy (and save_steps) "
+        "equal to eval_strategy (and eval_steps), so that every evaluation has its checkpoint.",
+    )
+    early_stopping_threshold: float = Field(
+        0.0, ge=0, description="The least drop in eval loss that counts as an improvement for early stopping "
+        "(e.g. 0.01); 0: any drop.",
+    )
+    report_to: Literal["none", "tensorboard", "trackio"] = Field(
+        "none", description="Experiment tracker that also receives the metrics, into the run folder: tensorboard "
+        "(its tensorboard/ folder) or trackio (Hugging Face's local Gradio dashboard, its trackio/ folder). "
+        "Needs the package: pip install tensorboard, or trackio.",
+    )
+
+    @field_validator("early_stopping_patience")
+    @classmethod
+    def _stopping_has_a_checkpoint_per_evaluation(cls, patience: int, info) -> int:
+        """Early stopping keeps the best evaluation's checkpoint: each evaluation needs one (the fields above are
+        validated before this one, so info.data holds them)."""
+        if patience == 0 or not {"eval_strategy", "save_strategy"} <= info.data.keys():
+            return patience
+        evaluating, saving = info.data["eval_strategy"], info.data["save_strategy"]
+        if evaluating == "no":
+            raise ValueError("early stopping watches the eval loss, but eval_strategy is 'no': set eval_strategy and "
+                             "save_strategy to 'steps' or 'epoch', or early_stopping_patience=0")
+        if saving != evaluating:
+            raise ValueError(f"early stopping keeps the best evaluation's checkpoint, so save_strategy must equal "
+                             f"eval_strategy ('{evaluating}'), not '{saving}'; or set early_stopping_patience=0")
+        steps = info.data.get("eval_steps"), info.data.get("save_steps")
+        if evaluating == "steps" and steps[0] != steps[1]:
+            raise ValueError(f"early stopping keeps the best evaluation's checkpoint, so save_steps ({steps[1]}) must "
+                             f"equal eval_steps ({steps[0]}); or set early_stopping_patience=0")
+        return patience
 
 
 class PeftConfig(_Section):
@@ -226,6 +261,11 @@ class JobConfig(_Section):
     @property
     def method(self) -> Literal["lora", "qlora"]:
         return "qlora" if self.model.load_in_4bit else "lora"
+
+    @property
+    def needs_bitsandbytes(self) -> bool:
+        """4-bit weights and the 8-bit optimizers come from bitsandbytes; nothing else in a job does."""
+        return self.model.load_in_4bit or "8bit" in self.training_config.optim
 
     # --- construction -------------------------------------------------------------------------------
     @classmethod

@@ -171,6 +171,9 @@ def resolve_job(config: JobConfig) -> tuple[JobConfig, str]:
     from .training.preflight import check_job_if_readable  # the one check of the job against the model's config.json
 
     check_job_if_readable(resolved, choice.name_or_path)
+    from .training.options import check_options  # early stopping's eval split, report_to's package
+
+    check_options(resolved)
     note = f"base model: {choice}"
     if filled:
         note += "; demo-model defaults: " + ", ".join(f"{k.partition('.')[2]}={v}" for k, v in filled.items())

@@ -27,6 +27,9 @@ LONG_RUN = json.dumps({"model": {"base_model": "demo"}, "data": {"eval_size": 0}
                                            "eval_strategy": "no"}})
 
 
+BUTTON_INPUTS = {"Export for ONNX Runtime": ["int4 cpu"]}  # what a button's event takes after the run id
+
+
 def call_page_event(url: str, button: str, data: list, cookies: httpx.Cookies | None = None) -> dict:
     """Run the event a button of the page triggers, as the browser does (queue/join, then its event stream);
     returns Gradio's process_completed message."""
@@ -84,10 +87,10 @@ def test_anonymous_visitors_cannot_chat_unless_the_owner_allows_it(anonymous):
             client.predict("Who are you?", adapters, "", 8, api_name="/compare")
 
 
-@pytest.mark.parametrize("button", ["Yes, delete it", "Export merged model"])
+@pytest.mark.parametrize("button", ["Yes, delete it", "Export merged model", "Export for ONNX Runtime"])
 def test_anonymous_page_events_cannot_delete_or_export(anonymous, button):
     server, _, run_id = anonymous
-    done = call_page_event(server.url, button, [run_id])
+    done = call_page_event(server.url, button, [run_id, *BUTTON_INPUTS.get(button, [])])
     assert done["success"] is False, done
     run = server.home / "runs" / run_id
     assert (run / "adapter_model.safetensors").is_file() and not (run / "exports").exists()
@@ -228,7 +231,8 @@ def _login(url: str, user: str) -> httpx.Cookies:
 
 def test_other_users_page_events_cannot_delete_or_export(shared):
     server, _, alice_run = shared
-    for button in ("Yes, delete it", "Export merged model"):
-        done = call_page_event(server.url, button, [alice_run], cookies=_login(server.url, "bob"))
+    for button in ("Yes, delete it", "Export merged model", "Export for ONNX Runtime"):
+        done = call_page_event(server.url, button, [alice_run, *BUTTON_INPUTS.get(button, [])],
+                               cookies=_login(server.url, "bob"))
         assert done["success"] is False, done
     assert (server.home / "runs" / alice_run / "run.json").is_file()

@@ -19,10 +19,11 @@ from ..config import DEFAULT_MAX_LENGTH
 from ..errors import UserError
 from .evaluate import add_evaluate_command
 from .export import add_export_command
+from .push import add_push_command
 from .samples import add_samples_command
 from .space import add_space_command
 from ..policy.limits import DEFAULT_MAX_NEW_TOKENS
-from ..tasks import launch
+from ..tasks import launch, machine
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     add_space_command(commands)
     add_evaluate_command(commands)
     add_samples_command(commands)
+    add_push_command(commands)
     return parser
 
 
@@ -265,6 +267,8 @@ def _train(args) -> int:
         launched = _train_in_processes(args, config.training_config.distributed)
         if launched is not None:
             return launched
+    if not config.needs_bitsandbytes:
+        machine.leave_out_bitsandbytes()  # before the trainer's imports: see there
     from ..training.trainer import train
 
     result = train(config, args.output, resume=args.resume)
@@ -345,6 +349,8 @@ def _print_run(info, log: str) -> None:
     eta = f", ETA {info.eta_seconds:.0f}s" if info.eta_seconds is not None else ""
     print(f"progress: step {info.step}/{info.max_steps}, epoch {info.epoch:.2f}, {info.elapsed:.0f}s{eta}")
     print(f"loss:     train {_fmt(info.train_loss)}, eval {_fmt(info.eval_loss)}, lr {info.learning_rate}")
+    if info.stop_reason:
+        print(f"stopped:  {info.stop_reason}")
     if info.adapter:
         print(f"adapter:  {info.adapter}")
     if log:

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..inference.evaluation import (DEFAULT_MAX_NEW_TOKENS, DEFAULT_SAMPLES, evaluate_run, evaluation_dir,
                                     evaluation_status, start_evaluation)
+from ..inference.forgetting import forgetting_sentence, gain_sentence
 from .switches import add_switches
 
 
@@ -50,5 +51,8 @@ def _print_summary(summary: dict[str, Any], folder: Path) -> None:
     print(f"{'':<9}{'loss':>10}{'perplexity':>14}")
     for name in ("base", "adapted"):
         print(f"{name:<9}{summary[f'{name}_loss']:>10.4f}{summary[f'{name}_perplexity']:>14.3f}")
+    for sentence in (gain_sentence(summary), forgetting_sentence(summary)):
+        if sentence:
+            print(sentence)
     print(f"samples: {folder / 'samples.csv'} ({summary['samples']} rows)")
     print(f"summary: {folder / 'summary.json'}")

@@ -39,6 +39,10 @@ MULTI_TURN = Sample("multi_turn.jsonl", "24 everyday conversations of 2 to 4 exc
 TOOL_CALLS = Sample("tool_calls.jsonl", "21 tool-calling conversations: tools, the assistant's tool_calls, the "
                     "tool results and a final answer (OpenAI messages layout)")
 SAMPLES = (IDENTITY, MULTI_TURN, TOOL_CALLS)
+# Not in SAMPLES, so not offered for training: the held-out evaluation's forgetting check scores base and adapted on
+# it (inference/evaluation.py), which would tell nothing about an adapter trained on it.
+GENERAL_CHAT = Sample("general_chat.jsonl", "36 short everyday conversations (cooking, plants, manners, travel, "
+                      "small facts): what an adapter should not make the model worse at")
 
 
 def shipped_samples() -> dict[str, Sample]:

@@ -13,6 +13,8 @@ task's records (queued.json ... exit.json, export.log) and its result:
 
     <run>/exports/<n>/
         model/           the merged model: config, model.safetensors, tokenizer, generation config, README.md
+        onnx/            or, for an ONNX export (onnx_export.py), what onnxruntime_genai.Model loads, and beside it
+        verify.json      its answers and speed against torch's (onnx_verify.py)
 
 This module imports no torch at import time, so the CLI's parser and the app's status polling stay cheap.
 """
@@ -33,6 +35,9 @@ from ..tasks.records import is_recent, read_record
 
 class ExportError(UserError, ValueError):
     """An export cannot be done (no adapter yet, the run still training, the output folder not empty, ...)."""
+
+
+FORMATS = ("merged", "onnx")  # a transformers model; ONNX Runtime GenAI's (onnx_export.py)
 
 
 # --- the merge itself ---------------------------------------------------------------------------------------
@@ -121,17 +126,26 @@ def exports_dir(run_id: str) -> Path:
     return registry.run_dir(run_id) / "exports"  # run_dir validates the id (no path gets in) and that the run exists
 
 
-def start_export(run_id: str, dtype: str | None = None) -> str:
+def start_export(run_id: str, dtype: str | None = None, format: str = "merged", precision: str = "int4",
+                 device: str = "cpu", verify: bool = True) -> str:
     """Start merging a run's adapter into its base in a separate process; returns the export's number (a string).
-    Refused while the run has no finished adapter, and while another export of the run is still going."""
+    format "onnx" converts the merge for ONNX Runtime GenAI (onnx_export.py: `precision`, `device`, and `verify`
+    against torch). Refused while the run has no finished adapter, and while another export of the run is still going."""
     path = registry.run_dir(run_id)
     _check_exportable(run_id, path)
+    if format not in FORMATS:
+        raise ExportError(f"format {format!r} is not one of {', '.join(FORMATS)}")
+    if format == "onnx":
+        from .onnx_export import check_request
+
+        check_request(precision, device)  # missing packages are refused here, with the install command
     for other in export_status(run_id):
         if other["status"] in ACTIVE:
             raise ExportError(f"run {run_id} is already being exported (export {other['export']}): "
                               "wait for it to finish")
     folder = _new_export_folder(path / "exports")
-    machine.submit(folder, "export", run=run_id, dtype=dtype)
+    onnx = {"format": "onnx", "precision": precision, "device": device, "verify": verify} if format == "onnx" else {}
+    machine.submit(folder, "export", run=run_id, dtype=dtype, **onnx)
     return folder.name
 
 
@@ -152,8 +166,9 @@ def _new_export_folder(root: Path) -> Path:
 
 
 def export_info(run_id: str, number: str | int) -> dict[str, Any]:
-    """One export's state: {export, status, reason, path, requested_at, finished_at, log}, from its task records.
-    status: a task status (queued, running, completed, failed, cancelled, interrupted)."""
+    """One export's state: {export, status, reason, path, requested_at, finished_at, log, format, precision,
+    verify}, from its task records. status: a task status (queued, running, completed, failed, cancelled,
+    interrupted); verify: an ONNX export's check against torch (onnx_verify.py), once done."""
     if not str(number).isdigit():
         raise ExportError(f"{number!r} is not an export number (they count 1, 2, 3, ...)")
     folder = exports_dir(run_id) / str(int(number))
@@ -162,11 +177,15 @@ def export_info(run_id: str, number: str | int) -> dict[str, Any]:
         raise ExportError(f"run {run_id} has no export {number}")
     state = state or _without_a_task(folder)
     final = read_record(folder / "exit.json") or read_record(folder / "done.json") or {}
+    request = read_record(folder / "queued.json") or {}
+    onnx = request.get("format") == "onnx"
     return {
         "export": folder.name, "status": state.status, "reason": state.reason,
-        "path": str(folder / "model") if state.status == COMPLETED else None,
-        "requested_at": (read_record(folder / "queued.json") or {}).get("queued_at"),
+        "path": str(folder / ("onnx" if onnx else "model")) if state.status == COMPLETED else None,
+        "requested_at": request.get("queued_at"),
         "finished_at": final.get("finished_at"), "log": str(folder / "export.log"),
+        "format": request.get("format", "merged"), "precision": request.get("precision"),
+        "verify": read_record(folder / "verify.json"),
     }
 
 
@@ -198,6 +217,10 @@ def wait_for_export(run_id: str, number: str | int, timeout: float | None = None
 
 def run_task(folder: Path, request: dict[str, Any]) -> None:
     """The body of an export task (tasks/kinds.py "export"): merge; a half-written model is removed on failure."""
+    if request.get("format") == "onnx":
+        from .onnx_export import run_task as onnx_task
+
+        return onnx_task(folder, request)
     model_dir = folder / "model"
     try:
         merge_and_save(registry.run_dir(request["run"]), model_dir, dtype=request.get("dtype"))

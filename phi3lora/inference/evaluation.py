@@ -15,6 +15,8 @@ model itself when it holds the run's base; else a copy loaded once tasks/gpu_mem
     assistant tokens count), truncated at max_length, and trl's fused LM head. The loss is the mean over every scored
     token of the split, perplexity exp(loss). (The trainer averages per-batch means instead, so its eval_loss can
     differ slightly.)
+  - the forgetting check (forgetting.py): the same two losses on a small general-chat set that ships with phi3lora,
+    so the gain on the run's own data is shown beside what the adapter cost on everyday conversation.
   - a sample table: for the first N eval conversations, the last user message, the reference answer (the last
     assistant turn) and the greedy answers of base and adapted, both in one mixed-adapter `generate` per batch.
 
@@ -50,6 +52,7 @@ from ..tasks import gpu_memory, machine
 from ..tasks.machine import ACTIVE
 from ..tasks.records import read_record, write_record
 from ..job_builder import load_job
+from . import forgetting
 
 if TYPE_CHECKING:  # the service imports torch; an evaluation is handed one, never imports it
     from .service import ChatService
@@ -151,6 +154,10 @@ def _evaluate_into(run_id: str, folder: Path, samples: int, max_new_tokens: int,
         base_loss, adapted_loss, tokens = on_model_thread(eval_losses, model.model, model.tokenizer, conversations,
                                                           config, adapter)
         log(f"loss over {tokens} tokens: base {base_loss:.4f}, adapted {adapted_loss:.4f}")
+        general = forgetting.general_chat_figures(lambda chats: on_model_thread(
+            eval_losses, model.model, model.tokenizer, chats, config, adapter))
+        log(f"everyday chat, loss over {general['general_chat_tokens']} tokens: base "
+            f"{general['general_chat_base_loss']:.4f}, adapted {general['general_chat_adapted_loss']:.4f}")
         rows = sample_answers(model, conversations[:samples], max_new_tokens, adapter)
     write_samples(folder / "samples.csv", rows)
     summary = {
@@ -158,6 +165,7 @@ def _evaluate_into(run_id: str, folder: Path, samples: int, max_new_tokens: int,
         "base_loss": base_loss, "adapted_loss": adapted_loss,
         "base_perplexity": perplexity(base_loss), "adapted_perplexity": perplexity(adapted_loss),
         "eval_conversations": len(conversations), "eval_tokens": tokens,
+        **general,
         "assistant_only_loss": config.training_config.assistant_only_loss,
         "max_length": config.training_config.max_length,
         "samples": len(rows), "max_new_tokens": max_new_tokens,

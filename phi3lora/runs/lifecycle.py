@@ -56,6 +56,8 @@ class RunInfo:
     eta_seconds: float | None
     adapter: str | None
     path: str
+    best_step: int | None = None  # early stopping: the step whose adapter was kept
+    stop_reason: str | None = None  # early stopping: which step was kept and why training ended there
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,6 +88,7 @@ def run_info(run_id: str, progress: registry.Progress | None = None) -> RunInfo:
         tokens_per_second=progress.tokens_per_second, peak_gpu_memory_gb=progress.peak_gpu_memory_gb,
         elapsed=progress.elapsed, eta_seconds=progress.eta_seconds if status == RUNNING else None,
         adapter=str(path) if adapter.is_file() and status in FINISHED else None, path=str(path),
+        best_step=progress.best_step, stop_reason=progress.stop_reason,
     )
 
 
@@ -239,6 +242,7 @@ def _queue_attempt(path: Path, resume: bool, processes: int | None = None, accel
     config = load_job(path / "config.yaml")
     machine.submit(attempt, "train", run=path.name, resume=resume, distributed=config.training_config.distributed,
                    processes=processes, accelerate_config=accelerate_config,
+                   needs_bitsandbytes=config.needs_bitsandbytes,
                    gpu=_gpu_need(config, f"training run {path.name}"))  # its body asks the GPU's owner with it
     return attempt
 

@@ -139,6 +139,8 @@ class Progress:
     peak_gpu_memory_gb: float | None = None
     train_curve: list[tuple[int, float]] = field(default_factory=list)
     eval_curve: list[tuple[int, float]] = field(default_factory=list)
+    best_step: int | None = None  # early stopping: the step whose adapter was kept
+    stop_reason: str | None = None  # early stopping: which step was kept and why training ended there
 
     @property
     def eta_seconds(self) -> float | None:
@@ -151,6 +153,9 @@ class Progress:
         step = event.get("step", self.step)
         if event.get("event") == "start":
             self.start_step, self.elapsed = step, 0.0
+            self.best_step = self.stop_reason = None  # a resumed attempt says it again when it ends
+        if event.get("event") == "best":
+            self.best_step, self.stop_reason = event.get("best_step"), event.get("stop_reason")
         self.step = step
         for key in ("max_steps", "epoch", "elapsed", "tokens_per_second", "peak_gpu_memory_gb"):
             if event.get(key) is not None:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from transformers import EarlyStoppingCallback, TrainerCallback
 
 
 class MetricsFile(TrainerCallback):
@@ -49,6 +49,11 @@ class MetricsFile(TrainerCallback):
         if state.is_world_process_zero and (now - self.last_progress >= self.progress_every or state.global_step >= state.max_steps):
             self.last_progress = now
             self._write(state, {"event": "progress", **self._speed()})
+
+    def record(self, state, event: dict) -> None:
+        """One event of the trainer's own after training ("best": which step's adapter was kept, and why)."""
+        if state.is_world_process_zero:
+            self._write(state, event)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs:
@@ -90,3 +95,29 @@ class StopWhenAsked(TrainerCallback):
 
 def _several_ranks() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+
+class StopWhenEvalLossStalls(EarlyStoppingCallback):
+    """transformers' early stopping on eval_loss (its Trainer, with load_best_model_at_end, then loads the best
+    checkpoint's adapter), and the sentence that says which step was kept and why training ended there.
+
+    Its patience counter is saved in each checkpoint and restored on resume (restore_callback_states_from_checkpoint:
+    the Trainer then replaces this object with a new one of the same arguments, so read it back from the trainer)."""
+
+    def kept(self, state) -> dict | None:
+        """The "best" event: the step whose adapter was kept, its eval loss, and why training stopped; None before
+        any evaluation had its checkpoint (a run cancelled early keeps its last weights)."""
+        best_step, best_loss = state.best_global_step, state.best_metric
+        if not best_step or best_loss is None:
+            return None
+        stalled = self.early_stopping_patience_counter >= self.early_stopping_patience
+        evaluations = sum(1 for entry in state.log_history if "eval_loss" in entry)
+        kept = f"kept step {best_step} (eval loss {best_loss:.4f}), the best of {evaluations} evaluations"
+        if stalled:
+            by = f" by more than {self.early_stopping_threshold:g}" if self.early_stopping_threshold else ""
+            reason = (f"stopped early at step {state.global_step} of {state.max_steps}: the eval loss did not improve"
+                      f"{by} for {self.early_stopping_patience} evaluations in a row; {kept}")
+        else:
+            reason = f"trained to step {state.global_step} of {state.max_steps}; {kept}"
+        return {"event": "best", "best_step": best_step, "best_eval_loss": best_loss, "stopped_early": stalled,
+                "stop_reason": reason}

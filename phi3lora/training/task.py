@@ -32,7 +32,9 @@ def run(attempt: Path, request: dict[str, Any]) -> tuple[str, str] | None:
             raise TaskFailed(disk_full(cause, _what_was_written(path), KINDS["train"].retry)) from error
         raise
     if stopper.asked:
-        return CANCELLED, f"cancelled at step {result.global_step} of {result.max_steps}; the adapter as it stood is saved"
+        kept = (f"the adapter of step {result.best_step}, the best eval loss, is saved" if result.best_step  # early stopping
+                else "the adapter as it stood is saved")
+        return CANCELLED, f"cancelled at step {result.global_step} of {result.max_steps}; {kept}"
     return None
 
 

@@ -7,6 +7,11 @@ The run folder it fills:
     adapter_config.json          the final adapter, in the standard PEFT layout,
     adapter_model.safetensors    holding only the LoRA weights
     summary.json                 what was trained, on what, and how it ended
+    tensorboard/ or trackio/     with training_config.report_to, the tracker's logs
+
+With training_config.early_stopping_patience, training stops once the eval loss stalls, and the adapter saved is the
+best evaluation's checkpoint (transformers' load_best_model_at_end keeps that checkpoint through save_total_limit);
+metrics.jsonl and summary.json say which step was kept and why training ended where it did.
 """
 from __future__ import annotations
 
@@ -29,7 +34,8 @@ from trl import SFTConfig, SFTTrainer
 
 from .. import data
 from . import memory_estimate, preflight
-from .callbacks import MetricsFile
+from .callbacks import MetricsFile, StopWhenEvalLossStalls
+from .options import TRACKIO_PROJECT, tracker_dirs
 from ..config import ConfigError, JobConfig
 from ..job_builder import resolve_job, write_job_file
 from ..tasks import launch
@@ -48,8 +54,11 @@ class TrainResult:
     global_step: int
     max_steps: int
     train_loss: float | None
-    eval_loss: float | None
+    eval_loss: float | None  # with early stopping, the kept checkpoint's
     seconds: float
+    best_step: int | None = None  # early stopping: the step whose adapter was kept
+    stopped_early: bool = False
+    stop_reason: str | None = None  # early stopping: which step was kept and why training ended where it did
 
 
 def lora_config(config: JobConfig) -> LoraConfig:
@@ -97,7 +106,14 @@ def sft_config(config: JobConfig, output_dir: Path, has_eval: bool) -> SFTConfig
         seed=t.seed,
         bf16=dtype == "bfloat16",  # trl turns bf16 on by default; on a CPU that is ~35x slower than fp32
         fp16=dtype == "float16",
-        report_to="none",
+        report_to=t.report_to,  # its logs go into the run folder (options.tracker_dirs)
+        project=TRACKIO_PROJECT,
+        run_name=output_dir.name,
+        # Early stopping keeps the best evaluation's checkpoint as the adapter; its patience survives a resume.
+        load_best_model_at_end=bool(t.early_stopping_patience) and has_eval,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        restore_callback_states_from_checkpoint=bool(t.early_stopping_patience),
         dataset_num_proc=None,
         use_cpu=_ranks_on_a_cpu(),  # several processes on a CPU: DDP over gloo (tasks/launch.py)
     )
@@ -146,6 +162,11 @@ def prepare(config: JobConfig, output_dir: Path, log=print, callbacks: list[Trai
         log(f"note: {len(stats.over_max_length)} conversations exceed max_length {stats.max_length} tokens "
             f"and will be truncated (records {shown})")
 
+    if config.training_config.early_stopping_patience and not eval_split:
+        raise ConfigError(f"training_config.early_stopping_patience: early stopping watches the eval loss, but the "
+                          f"dataset has no eval split ({len(conversations)} usable conversation(s), data.eval_size="
+                          f"{config.data.eval_size:g}): use a larger dataset or eval_size, or early_stopping_patience=0")
+
     if not launch.in_a_launched_rank():  # one process on its device (ranks of a launch share it: no one figure)
         log(memory_estimate.check_fits(config))  # refused before the weights load, with the setting that fits
     # The trainer's settings before the model: under DeepSpeed ZeRO-3 they make transformers load every weight
@@ -163,7 +184,10 @@ def prepare(config: JobConfig, output_dir: Path, log=print, callbacks: list[Trai
 
     # 4. LoRA on top of the frozen base; trl's SFTTrainer wraps it with peft and renders the chat template (with
     #    assistant_only_loss, the training template preflight chose, which marks the assistant turns).
-    with _rendering_with(tokenizer, checked.training_template):
+    settings = config.training_config
+    stopping = ([StopWhenEvalLossStalls(settings.early_stopping_patience, settings.early_stopping_threshold)]
+                if settings.early_stopping_patience else [])
+    with _rendering_with(tokenizer, checked.training_template), tracker_dirs(output_dir):
         trainer = SFTTrainer(
             model=model,
             args=args,
@@ -171,7 +195,7 @@ def prepare(config: JobConfig, output_dir: Path, log=print, callbacks: list[Trai
             eval_dataset=data.to_hf_dataset(eval_split) if eval_split else None,
             processing_class=tokenizer,
             peft_config=lora_config(config),
-            callbacks=[MetricsFile(output_dir / "metrics.jsonl"), *callbacks],
+            callbacks=[MetricsFile(output_dir / "metrics.jsonl"), *stopping, *callbacks],
         )
     if args.fp16:
         keep_lora_in_fp32(trainer.model)
@@ -199,16 +223,20 @@ def train(config: JobConfig, output_dir: str | Path, log=print, callbacks: list[
     # 5. Train, then save only the adapter (PEFT's save_pretrained writes just the LoRA weights).
     outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.model.config.use_cache = True  # gradient checkpointing turned the cache off; generation wants it back
-    trainer.save_model(str(output_dir))
+    trainer.save_model(str(output_dir))  # with early stopping, the best checkpoint's adapter (the Trainer loaded it)
+    kept = _kept_checkpoint(trainer)
 
     result = TrainResult(
         output_dir=str(output_dir), base_model=job.config.model.base_model, method=job.config.method,
         train_conversations=job.train_conversations, eval_conversations=job.eval_conversations,
         trainable_parameters=trainable, total_parameters=total, global_step=trainer.state.global_step,
         max_steps=trainer.state.max_steps, train_loss=outcome.training_loss,
-        eval_loss=_final_eval_loss(trainer) if job.eval_conversations else None,
+        eval_loss=(kept["best_eval_loss"] if kept else _final_eval_loss(trainer)) if job.eval_conversations else None,
         seconds=round(time.time() - started, 1),
+        **({key: kept[key] for key in ("best_step", "stopped_early", "stop_reason")} if kept else {}),
     )
+    if kept:
+        log(kept["stop_reason"])
     if trainer.is_world_process_zero():
         (output_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
     return result
@@ -301,6 +329,18 @@ def checkpoint_step(folder: Path) -> int:
         return int(folder.name.rsplit("-", 1)[-1])
     except ValueError:
         return -1
+
+
+def _kept_checkpoint(trainer: SFTTrainer) -> dict | None:
+    """With early stopping, the "best" event (which step's adapter was kept, and why training stopped), also
+    appended to metrics.jsonl for the loss plots; None without early stopping or before any evaluation."""
+    handler = trainer.callback_handler.callbacks
+    stopper = next((c for c in handler if isinstance(c, StopWhenEvalLossStalls)), None)
+    kept = stopper.kept(trainer.state) if stopper and trainer.state.best_model_checkpoint else None
+    metrics = next((c for c in handler if isinstance(c, MetricsFile)), None)
+    if kept and metrics:
+        metrics.record(trainer.state, kept)
+    return kept
 
 
 def _final_eval_loss(trainer: SFTTrainer) -> float:

@@ -9,6 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from ..inference import evaluation
+from ..inference.forgetting import forgetting_sentence, gain_sentence
 from ..inference.service import ChatService
 from ..tasks import machine
 from .common import download_path, shows_errors
@@ -30,7 +31,8 @@ class EvaluationTab:
 
 def build() -> EvaluationTab:
     gr.Markdown("Base against adapted on the run's own held-out split: loss and perplexity on every eval "
-                "conversation, and greedy answers to the first few beside the reference. A large split is "
+                "conversation, and greedy answers to the first few beside the reference; and, to see what the "
+                "adapter cost elsewhere, both losses on a small set of everyday conversations. A large split is "
                 f"evaluated in a background process (over {evaluation.inline_max()} conversations).")
     with gr.Row(equal_height=True):
         run = gr.Dropdown([], label="Run", scale=3)
@@ -86,6 +88,7 @@ def show_evaluation(run_id: str | None, request: gr.Request):
                f"tokens):\n\n| | loss | perplexity |\n|---|---|---|\n"
                f"| base | {s['base_loss']:.4f} | {s['base_perplexity']:.2f} |\n"
                f"| adapted | {s['adapted_loss']:.4f} | {s['adapted_perplexity']:.2f} |")
+    figures += "".join(f"\n\n{sentence}" for sentence in (gain_sentence(s), forgetting_sentence(s)) if sentence)
     csv_copy = download_path(f"phi3lora-{run_id}-evaluation.csv")
     shutil.copyfile(evaluation.evaluation_dir(run_id) / "samples.csv", csv_copy)
     return (figures, pd.DataFrame(done["rows"], columns=list(evaluation.CSV_COLUMNS)), offer(csv_copy, run_id),

@@ -1,5 +1,5 @@
 """Runs tab: every run in a table, the config diff of two runs, their loss curves overlaid, the adapter as a
-zip, and deleting a run (after a confirmation)."""
+zip, and deleting a run (after a confirmation); the Hub push section is ui/runs_push.py."""
 from __future__ import annotations
 
 import zipfile
@@ -12,7 +12,7 @@ import yaml
 
 from .. import settings
 from ..policy import access
-from ..deploy import export
+from ..deploy import export, onnx_verify
 from ..runs import lifecycle
 from ..runs import registry
 from ..inference import votes
@@ -21,7 +21,11 @@ from ..tasks import machine
 from .visitors import policy, require_run, visitor_of
 from .common import download_path, duration, method_name, number, shows_errors, timestamp
 from .downloads import offer
+from . import runs_push
+from .train_progress import kept_marker
 
+ONNX_TARGETS = [("int4, CPU", "int4 cpu"), ("fp32, CPU", "fp32 cpu"), ("int4, CUDA", "int4 cuda"),
+                ("fp16, CUDA", "fp16 cuda")]
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "config.yaml")
 COLUMNS = ["run", "status", "method", "dataset", "base model", "started", "duration", "train loss", "eval loss", "blind win rate",
            "note"]
@@ -48,6 +52,9 @@ class RunsTab:
     confirm_button: gr.Button
     keep_button: gr.Button
     publish_button: gr.Button
+    onnx_button: gr.Button  # an export for ONNX Runtime GenAI, checked against torch (deploy/onnx_export.py)
+    onnx_target: gr.Dropdown  # its precision and device, "int4 cpu"
+    push: runs_push.PushSection | None = None  # the Hub push section (ui/runs_push.py)
 
     @property
     def run_pickers(self) -> list[gr.Dropdown]:
@@ -78,15 +85,19 @@ def build() -> RunsTab:
             delete_button = gr.Button("Delete run…", variant="stop", scale=1)
             # Only where visitors who may not train may chat with published adapters ($PHI3LORA_PUBLIC_CHAT).
             publish_button = gr.Button("Publish for visitors' chat", scale=1, visible=policy().public_chat)
+        with gr.Row(equal_height=True):
+            onnx_target = gr.Dropdown(ONNX_TARGETS, value=ONNX_TARGETS[0][1], label="ONNX precision", scale=1)
+            onnx_button = gr.Button("Export for ONNX Runtime", scale=1)
         zip_file = gr.HTML(visible=False, elem_id="adapter-zip-link", padding=True)
         exports = gr.Markdown("", padding=True)
         with gr.Row(visible=False) as confirm_row:
             confirm_text = gr.Markdown()
             confirm_button = gr.Button("Yes, delete it", variant="stop", scale=0, min_width=170)
             keep_button = gr.Button("Keep it", scale=0, min_width=100)
+    push = runs_push.build()
     return RunsTab(refresh_button, table, compare, curves, diff_a, diff_b, diff, selected, zip_button, zip_file,
                    export_button, exports, gr.Timer(3.0, active=False), delete_button, confirm_row, confirm_text,
-                   confirm_button, keep_button, publish_button)
+                   confirm_button, keep_button, publish_button, onnx_button, onnx_target, push=push)
 
 
 def wire(tab: RunsTab, tab_item: gr.Tab, demo: gr.Blocks) -> None:
@@ -104,11 +115,15 @@ def wire(tab: RunsTab, tab_item: gr.Tab, demo: gr.Blocks) -> None:
     tab.export_timer.tick(show_exports, [tab.selected], exports_view, show_progress="hidden", **private)
     tab.export_button.click(start_export, [tab.selected], None, **private).success(
         show_exports, [tab.selected], exports_view, **private)
+    tab.onnx_button.click(start_onnx_export, [tab.selected, tab.onnx_target], None, **private).success(
+        show_exports, [tab.selected], exports_view, **private)
     tab.publish_button.click(publish, [tab.selected], None, **private)
     tab.delete_button.click(ask_delete, [tab.selected], [tab.confirm_row, tab.confirm_text], **private)
     tab.keep_button.click(lambda: gr.Row(visible=False), None, [tab.confirm_row], **private)
     tab.confirm_button.click(delete, [tab.selected], [tab.confirm_row], **private).success(
         refresh, [tab.compare, tab.diff_a, tab.diff_b, tab.selected], listing, **private)
+    if tab.push is not None:
+        runs_push.wire(tab.push, tab.selected)
 
 
 # --- the table ------------------------------------------------------------------------------------------------
@@ -152,8 +167,9 @@ def _curves(run_ids: list[str]) -> pd.DataFrame | None:
         progress = registry.Progress()
         for event in registry.MetricsReader(registry.run_dir(run_id) / "metrics.jsonl").update():
             progress.add(event)
-        rows += [{"step": s, "loss": v, "curve": f"{run_id} train"} for s, v in progress.train_curve]
-        rows += [{"step": s, "loss": v, "curve": f"{run_id} eval"} for s, v in progress.eval_curve]
+        curves = [{"step": s, "loss": v, "curve": f"{run_id} train"} for s, v in progress.train_curve]
+        curves += [{"step": s, "loss": v, "curve": f"{run_id} eval"} for s, v in progress.eval_curve]
+        rows += curves + kept_marker(curves, progress.best_step, "curve", f"{run_id} kept: step {{step}}")
     return pd.DataFrame(rows, columns=["step", "loss", "curve"]) if rows else None  # None: see data_tab.build
 
 
@@ -245,10 +261,25 @@ def show_exports(run_id: str | None, request: gr.Request):
         if info["path"]:
             where = Path(info["path"])  # shown from the data root on: where that is, is the server's business
             where = where.relative_to(settings.data_root()).as_posix() if where.is_relative_to(settings.data_root()) else where.name
-            line += f": merged model in `{where}` of the data root (loads with transformers, no peft needed)"
+            line += (f": ONNX Runtime GenAI model ({info['precision']}) in `{where}` of the data root"
+                     if info.get("format") == "onnx" else
+                     f": merged model in `{where}` of the data root (loads with transformers, no peft needed)")
+        if info.get("verify"):
+            line += f"; {onnx_verify.summary(info['verify'])}"
         lines.append(line)
     running = any(info["status"] in machine.ACTIVE for info in infos)
-    return ("**Merged-model exports of this run**\n" + "\n".join(lines) if lines else ""), gr.Timer(active=running)
+    return ("**Exports of this run**\n" + "\n".join(lines) if lines else ""), gr.Timer(active=running)
+
+
+@shows_errors
+def start_onnx_export(run_id: str | None, target: str | None, request: gr.Request):
+    require_run(request, run_id, "export models")
+    if target not in {value for _, value in ONNX_TARGETS}:
+        raise gr.Error(f"Choose the ONNX precision: one of {', '.join(label for label, _ in ONNX_TARGETS)}.")
+    precision, device = target.split()
+    number = export.start_export(run_id, format="onnx", precision=precision, device=device, verify=True)
+    gr.Info(f"ONNX export {number} of run {run_id} started in the background: it merges the adapter, converts the "
+            "model, then answers a few prompts with the export and with torch to compare them.")
 
 
 @shows_errors

@@ -17,13 +17,14 @@ from .visitors import policy, require_run, visitor_of
 POLL_SECONDS = 2.0
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 ACTIVE, RESUMABLE = machine.ACTIVE, (machine.FAILED, machine.CANCELLED, machine.INTERRUPTED)
+KEPT = "kept (best eval)"  # early stopping's chosen step, a series of its own on the loss plot
 
 
 @dataclass
 class RunOnView:
     """The run a visitor's Train tab follows (kept in their gr.State), and what of it the page shows already."""
     watcher: lifecycle.RunWatcher
-    shown_points: tuple[int, int, int] | None = field(default=None)  # (train points, eval points, step) on the plot
+    shown_points: tuple | None = field(default=None)  # (train points, eval points, step, kept step) on the plot
 
     @classmethod
     def of(cls, run_id: str) -> RunOnView:
@@ -59,7 +60,7 @@ def build() -> ProgressView:
     progress = gr.HTML("")
     with gr.Row(equal_height=False):
         losses = gr.LinePlot(None, x="step", y="loss", color="split", title="Loss",
-                             color_map={"train": "#3b82f6", "eval": "#f97316"}, height=300, scale=2)
+                             color_map={"train": "#3b82f6", "eval": "#f97316", KEPT: "#16a34a"}, height=300, scale=2)
         with gr.Column(scale=1):
             figures = gr.Markdown("")
             with gr.Row():
@@ -105,11 +106,11 @@ def tick(on_view: RunOnView | None):
                 gr.Button(interactive=False), gr.Button(interactive=False), gr.Button(visible=False),
                 gr.Timer(active=False))
     progress = on_view.watcher.progress
-    points = (len(progress.train_curve), len(progress.eval_curve), progress.step)
+    points = (len(progress.train_curve), len(progress.eval_curve), progress.step, progress.best_step)
     curves = gr.skip()
     if on_view.shown_points != points:  # send the curves only when they changed
         on_view.shown_points = points
-        curves = _curves_frame(progress.train_curve, progress.eval_curve)
+        curves = _curves_frame(progress.train_curve, progress.eval_curve, progress.best_step)
     return (_header(info), _progress_bar(info), curves, _figures(info), _plain(lifecycle.log_tail(info.id, 3000)),
             gr.Button(interactive=info.status in ACTIVE), gr.Button(interactive=info.status in RESUMABLE),
             gr.Button(visible=info.adapter is not None), gr.Timer(active=info.status in ACTIVE))
@@ -120,10 +121,20 @@ def _plain(log: str) -> str:
     return ANSI_ESCAPE.sub("", log)
 
 
-def _curves_frame(train: list, evaluation: list) -> pd.DataFrame | None:
+def _curves_frame(train: list, evaluation: list, kept_step: int | None = None) -> pd.DataFrame | None:
     rows = [{"step": s, "loss": v, "split": "train"} for s, v in train]
     rows += [{"step": s, "loss": v, "split": "eval"} for s, v in evaluation]
+    rows += kept_marker(rows, kept_step, "split", KEPT)
     return pd.DataFrame(rows, columns=["step", "loss", "split"]) if rows else None  # None: see data_tab.build
+
+
+def kept_marker(rows: list[dict], kept_step: int | None, column: str, name: str) -> list[dict]:
+    """Early stopping's chosen step drawn as a vertical line across the curves: two points of one series at that
+    step, at the lowest and the highest loss plotted."""
+    if kept_step is None or not rows:
+        return []
+    losses = [row["loss"] for row in rows]
+    return [{"step": kept_step, "loss": loss, column: name.format(step=kept_step)} for loss in (min(losses), max(losses))]
 
 
 def _header(info: lifecycle.RunInfo) -> str:
@@ -138,6 +149,8 @@ def _header(info: lifecycle.RunInfo) -> str:
     }.get(info.status, info.status)
     if info.status in RESUMABLE:
         what += " (Resume continues from the newest checkpoint)"
+    if info.stop_reason:  # early stopping: the adapter is the kept step's
+        what += f"\n\n**Early stopping:** {info.stop_reason}."
     return (f"### Run `{info.id}` · {info.status}\n{method_name(info.method)} on **{info.dataset}**, base "
             f"`{info.base_model}` · {what}")
 

@@ -196,7 +196,8 @@ def test_export_folders_without_task_records_neither_hang_nor_block_a_new_export
     os.utime(stranded, (time.time() - 120, time.time() - 120))
     assert export.export_info(run_id, 97) | {"log": None} == {"export": "97", "status": "completed", "reason": None,
                                                               "path": str(legacy / "model"), "requested_at": None,
-                                                              "finished_at": 1.0, "log": None}
+                                                              "finished_at": 1.0, "log": None,
+                                                              "format": "merged", "precision": None, "verify": None}
     info = export.export_info(run_id, 98)
     assert info["status"] == "interrupted" and info["reason"].endswith("start the export again"), info
     assert not any(e["status"] in ("queued", "running") for e in export.export_status(run_id))

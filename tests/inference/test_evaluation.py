@@ -13,7 +13,8 @@ import torch
 
 from conftest import run_cli
 from phi3lora import data
-from phi3lora.inference import evaluation
+from phi3lora.data.samples import shipped_samples
+from phi3lora.inference import evaluation, forgetting
 from phi3lora.runs import lifecycle
 from phi3lora.runs import registry
 from phi3lora.config import JobConfig
@@ -76,6 +77,32 @@ def test_the_adapted_model_scores_better_and_as_the_trainer_scored_it(run_id, ev
     assert [e["eval_loss"] for e in logged if "eval_loss" in e][-1] == trained["eval_loss"]
     assert result["summary"] == json.loads((evaluation.evaluation_dir(run_id) / "summary.json").read_text())
     assert evaluation.evaluation_status(run_id)["status"] == "completed"
+
+
+def test_the_forgetting_check_scores_both_models_on_the_shipped_everyday_chat(evaluated):
+    summary = evaluated[0]
+    assert summary["general_chat_conversations"] == len(forgetting.general_chat()) == 36
+    assert summary["general_chat_tokens"] > 20 * 36  # every assistant answer scored, not the prompts
+    base, adapted = summary["general_chat_base_loss"], summary["general_chat_adapted_loss"]
+    assert math.isfinite(base) and math.isfinite(adapted) and base != adapted  # the adapter is on for one of them
+    change = f"{(adapted - base) / base * 100:+.1f}%"
+    assert forgetting.forgetting_sentence(summary).startswith(
+        f"On everyday chat (36 general conversations that ship with phi3lora) the adapter's loss is {adapted:.3f} "
+        f"vs base {base:.3f}: {change} (")
+    assert "general_chat.jsonl" not in shipped_samples()  # never offered for training on the Data tab
+
+
+def test_the_forgetting_wording_says_worse_better_or_about_the_same():
+    def sentence(base, adapted):
+        return forgetting.forgetting_sentence({"general_chat_base_loss": base, "general_chat_adapted_loss": adapted,
+                                               "general_chat_conversations": 36})
+
+    assert sentence(2.0, 2.5).endswith("2.500 vs base 2.000: +25.0% (worse); that is what the adapter cost elsewhere.")
+    assert sentence(2.0, 1.5).endswith("1.500 vs base 2.000: -25.0% (better).")
+    assert sentence(2.0, 2.01).endswith("+0.5% (about the same).")
+    assert forgetting.forgetting_sentence({"base_loss": 1.0, "adapted_loss": 0.5}) is None  # an older evaluation
+    assert forgetting.gain_sentence({"base_loss": 4.0, "adapted_loss": 1.0}) == (
+        "On its own eval split the adapter's loss is 1.000 vs base 4.000: -75.0% (better).")
 
 
 def test_scoring_is_the_trainers_exactly_when_batched_as_the_trainer_batches(run_id):
@@ -142,6 +169,7 @@ def test_the_cli_prints_base_and_adapted_loss_and_where_the_files_are(run_id, ev
     assert lines[2].split() == ["base", f"{summary['base_loss']:.4f}", f"{summary['base_perplexity']:.3f}"]
     assert lines[3].split() == ["adapted", f"{summary['adapted_loss']:.4f}", f"{summary['adapted_perplexity']:.3f}"]
     assert str(evaluation.evaluation_dir(run_id) / "samples.csv") + " (2 rows)" in done.stdout
+    assert forgetting.gain_sentence(summary) in lines and forgetting.forgetting_sentence(summary) in lines
     assert summary["samples"] == 2 and summary["adapted_loss"] == pytest.approx(evaluated[0]["adapted_loss"], rel=1e-6)
 
 

@@ -64,6 +64,7 @@ def request(user: str | None, session: str = "s") -> gr.Request:
 def test_handlers_refuse_another_users_run_as_if_it_did_not_exist(space):
     run_id = space
     for handler, args in [(runs_tab.delete, (run_id,)), (runs_tab.start_export, (run_id,)),
+                          (runs_tab.start_onnx_export, (run_id, "int4 cpu")),
                           (runs_tab.adapter_zip, (run_id,)), (runs_tab.overlay, ([run_id],)),
                           (train_tab.run_status, (run_id,)), (train_tab.cancel_training, (run_id,)),
                           (compare_eval.start_evaluation, (None, run_id, 2))]:

@@ -79,6 +79,7 @@ def test_side_by_side_streams_both_columns_and_a_blind_vote_counts(identity_home
         summary = page.locator("#evaluation-summary")
         expect(summary).to_contain_text("on 9 held-out conversations", timeout=ANSWER_MS)
         expect(summary.get_by_role("row", name=re.compile(r"^adapted"))).to_be_visible()
+        expect(summary).to_contain_text("On everyday chat (36 general conversations")  # the forgetting check
         csv_link = page.get_by_role("link", name=f"phi3lora-{run_id}-evaluation.csv")
         download = csv_link.evaluate("a => a.href")  # the link's absolute URL (its href is relative)
         csv_text = page.request.get(download).text()
