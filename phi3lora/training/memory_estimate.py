@@ -6,8 +6,13 @@ say it in a moment, and refuse a run that would not fit.
                               the lm_head's loss tiles, the process's fixed overhead), for the device it would use
     available_memory(device)  what the run may take there: $PHI3LORA_MEMORY_GB, else the GPU's free memory, or
                               RAM's MemAvailable on a CPU
+    report(config)            both, and whether it fits, with the sentence the Train tab and `train --dry-run` show
     check_fits(config)        refuse (MemoryWontFit) a job whose estimate exceeds it, naming the figures and the
                               one setting that would make it fit, found by estimating again with that setting changed
+
+The activations are those of a batch of the longest rows (per_device_train_batch_size x max_length tokens): the
+worst case, which a dataset of short conversations never reaches. The transient of loading (a bf16 file read while
+its fp32 copy is made on a CPU) is not counted: it stays under the training step's peak unless the batch is tiny.
 
 The factors were calibrated against measured peaks (bench/memory_estimate.py, README's Performance table); each
 line below says where its factor comes from.
