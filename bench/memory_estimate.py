@@ -10,7 +10,7 @@ batch is batch x max_length tokens, the estimate's worst case), and reads the pr
               take whatever the model (the estimate's CPU_FIXED_OVERHEAD)
   demo        the embedded demo model at its defaults (batch 8, max_length 512, no gradient checkpointing)
   real-shape  Phi-3-mini's widths and vocabulary (tests/real_shapes.py, the real tokenizer from ../shared) cut to
-              2 decoder layers, batch 2 x 256 tokens, with and without gradient checkpointing
+              2 decoder layers, batch 2 x 256 tokens, with and without gradient checkpointing, and QLoRA
 The ratio is estimate / measured; the target is within 20% (0.8 to 1.2).
 """
 from __future__ import annotations
@@ -100,6 +100,10 @@ def cases(work: Path, only: list[str] | None, steps: int) -> dict[str, dict]:
             results[f"Phi-3-mini widths, 2 layers, checkpointing {checkpointing}"] = measure(
                 str(model), data, work / f"real-{checkpointing}",
                 [*common, "per_device_train_batch_size=2", "max_length=256", f"gradient_checkpointing={checkpointing}"])
+        results["Phi-3-mini widths, 2 layers, QLoRA, checkpointing true"] = measure(
+            str(model), data, work / "real-qlora",
+            [*common, "per_device_train_batch_size=2", "max_length=256", "gradient_checkpointing=true",
+             "load_in_4bit=true"])
     return results
 
 

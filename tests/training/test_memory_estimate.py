@@ -49,6 +49,7 @@ def test_the_estimate_for_a_shape_counted_by_hand(tiny_model):
     assert checkpointed["activations (checkpointed)"] == int(32 * (2 * 8 * 4 + 712) * 2.2)
     quantised = memory_estimate.estimate(_job(tiny_model, "load_in_4bit=true"), "cpu").parts
     assert quantised["weights (4-bit NF4)"] == int(1280 * 0.516 + 552 * 4)  # NF4 linear weights; the rest in fp32
+    assert quantised["4-bit weights dequantised"] == 2 * 8 * 32 * 4  # gate_up, the largest, in fp32 twice at once
     on_gpu = memory_estimate.estimate(_job(tiny_model, "model.dtype=auto", "optim=adamw_8bit"), "cuda")
     assert on_gpu.dtype == "bfloat16" and on_gpu.parts["weights (bfloat16)"] == 1832 * 2
     assert on_gpu.parts["optimizer state"] == 448 * 2 * 1  # bitsandbytes' 8-bit moments
