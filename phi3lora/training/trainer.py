@@ -30,6 +30,7 @@ from trl import SFTConfig, SFTTrainer
 from .. import data
 from . import preflight
 from .callbacks import MetricsFile
+from .preference import drop_reference
 from ..config import ConfigError, JobConfig
 from ..job_builder import resolve_job, write_job_file
 from ..tasks import launch
@@ -122,6 +123,10 @@ def prepare(config: JobConfig, output_dir: Path, log=print, callbacks: list[Trai
     log(f"{config.method}: {note}")
     if config.training_config.use_liger_kernel:
         _check_liger_can_run()
+    if config.training_config.objective == "dpo":  # preference pairs on an SFT adapter: training/preference.py
+        from .preference import prepare_dpo
+
+        return prepare_dpo(config, output_dir, log, callbacks, use_cpu=_ranks_on_a_cpu())
 
     # 1. Data: every record checked before any model loads.
     dataset = data.read_dataset(config.data.path, config.data.format, columns=config.data.columns)
@@ -197,6 +202,7 @@ def train(config: JobConfig, output_dir: str | Path, log=print, callbacks: list[
     # 5. Train, then save only the adapter (PEFT's save_pretrained writes just the LoRA weights).
     outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.model.config.use_cache = True  # gradient checkpointing turned the cache off; generation wants it back
+    drop_reference(trainer.model)  # DPO's frozen copy of the SFT adapter: not part of the result
     trainer.save_model(str(output_dir))
 
     result = TrainResult(
