@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import shorten
 from .dataset import DatasetError, Problem
 from .files import Unreadable, read_rows
 from .turns import Turn, check_turns
@@ -150,7 +151,8 @@ def _turns(value: Any, name: str, role_key: str, content_key: str) -> list[Turn]
             raise _Refused(f"{name} message {number} must be an object, found {describe(message)}")
         role = message.get(role_key, message.get("role"))
         if not isinstance(role, str) or role not in _ROLES:
-            raise _Refused(f"{name} message {number}: unknown role {describe(role)}; use "
+            shown = shorten(role) if isinstance(role, str) else describe(role)
+            raise _Refused(f"{name} message {number}: unknown role {shown}; use "
                            f"{', '.join(sorted(_ROLES))}")
         content = message.get(content_key, message.get("content"))
         turns.append(Turn.numbered(number, _ROLES[role], role, content, f"{name} message"))
