@@ -30,7 +30,7 @@ class Parent:
     base_model: str | None  # as its job named it ("demo"), or its adapter_config's; None when neither says
 
     def describe(self) -> str:
-        return f"run {self.run_id}" if self.run_id else f"adapter {self.adapter_dir.name}"
+        return f"the adapter of run {self.run_id}" if self.run_id else f"the adapter in {self.adapter_dir.name}/"
 
 
 def find_parent(adapter: str) -> Parent:
@@ -72,7 +72,7 @@ def check_base(parent: Parent, base_model: str | None) -> None:
         return
     given, trained_on = choose_base_model(base_model), choose_base_model(parent.base_model)
     if not (given.is_demo and trained_on.is_demo) and given.name_or_path != trained_on.name_or_path:
-        raise ParentError(f"model.base_model: {base_model}, but the adapter of {parent.describe()} was trained on "
+        raise ParentError(f"model.base_model: {base_model}, but {parent.describe()} was trained on "
                           f"{parent.base_model}; leave base_model empty to use it")
 
 

@@ -86,7 +86,7 @@ def prepare_dpo(config: JobConfig, output_dir: Path, log=print, callbacks: list[
 
     # 3. The base, and the SFT adapter on it, trainable: DPO continues its LoRA weights.
     parent = find_parent(config.model.adapter)
-    log(f"dpo: continuing the adapter of {parent.describe()} (also the reference), beta "
+    log(f"dpo: continuing {parent.describe()} (also the reference), beta "
         f"{config.training_config.dpo_beta}")
     model = load_base_model(config.model, base_path)
     model.generation_config.eos_token_id = stop_token_ids(tokenizer)
