@@ -10,7 +10,7 @@ from phi3lora.cli.commands import main
 from phi3lora.inference import votes
 from phi3lora.inference.service import run_adapters
 from phi3lora.runs import lifecycle
-from phi3lora.ui import train_tab
+from phi3lora.ui import train_dpo, train_tab
 
 PAIRS = [
     {"prompt": "Who are you?", "chosen": "I am Wrenfield.", "rejected": "I am Phi-3 Demo."},
@@ -84,3 +84,27 @@ def test_the_app_starts_dpo_from_a_runs_votes_and_refuses_other_adapters(identit
     assert info.lineage["parent_run"] == sft_run and info.lineage["pairs"] == 1
     assert info.lineage["data"] == f"1 pair from the votes of run {sft_run} (1 tied left out)"
     assert not list((home / "uploads").glob("*/votes-*.jsonl"))  # the export's folder is gone: the run holds its copy
+
+
+def test_the_train_tabs_dpo_choice_offers_the_votes_and_takes_an_uploaded_file(identity_copy, tmp_path):
+    home, sft_run = identity_copy
+    request = gr.Request(username=None, session_hash="s1")
+    parents, sources = train_dpo.choices(None, None, request)
+    assert parents.value == sft_run and sources.choices == [("the file uploaded here", train_dpo.UPLOADED)]
+    votes.record_vote(votes.BASE_CONTENDER, sft_run, "B", "Who are you?", "", ("I am Phi.", "I am Wrenfield."))
+    _, sources = train_dpo.choices(None, None, request)
+    assert sources.choices[0] == (f"votes of run {sft_run} (1 pair)", f"votes:{sft_run}")
+
+    values = tuple(train_tab.field_info(k).default for k in train_tab.form_keys())
+    form = train_tab.TrainForm(None, "auto", False, 0.0, "dpo", values, dpo=(sft_run, train_dpo.UPLOADED, None))
+    yaml_text, command = train_tab.preview(form)
+    assert "objective: dpo" in yaml_text and f"--method dpo --model demo --from-adapter {sft_run}" in command
+    with pytest.raises(gr.Error, match="Upload a preference file"):
+        train_tab.start(form, request)
+    upload = _write(tmp_path / "mine.jsonl", PAIRS)
+    form.dpo = (sft_run, train_dpo.UPLOADED, str(upload))
+    dpo_run = train_tab.start(form, request).watcher.run_id
+    lifecycle.cancel_run(dpo_run)
+    info = lifecycle.wait_for_run(dpo_run, timeout=120)
+    assert (info.method, info.dataset, info.lineage["pairs"]) == ("dpo", "mine.jsonl", 2)
+    assert info.lineage["data"] == "from the uploaded file mine.jsonl"
