@@ -185,19 +185,21 @@ def resolve_job(config: JobConfig) -> tuple[JobConfig, str]:
 
 def _with_parent_base(config: JobConfig) -> JobConfig:
     """A DPO job runs on the base its SFT adapter (model.adapter) was trained on: filled in when no layer set it,
-    refused when one set another."""
+    refused when one set another. Its peft_config is the adapter's own LoRA shape (that is what trains)."""
     if config.training_config.objective != "dpo":
         return config
     if not config.model.adapter:
         raise ConfigError("model.adapter: DPO continues a finished SFT adapter: pass --from-adapter RUN_OR_DIR "
                           "(a run id or an adapter folder)")
-    from .runs.lineage import check_base, find_parent
+    from .runs.lineage import check_base, find_parent, lora_settings
 
     parent = find_parent(config.model.adapter)
     check_base(parent, config.model.base_model)
-    if config.model.base_model or not parent.base_model:
-        return config
-    return build_job(values_layer({"model.base_model": parent.base_model}), base=config)
+    filled = {} if config.model.base_model or not parent.base_model else {"model.base_model": parent.base_model}
+    try:  # the adapter's own LoRA shape; one this config cannot express (other modules) stays as the job says
+        return build_job(values_layer({**lora_settings(parent), **filled}), base=config)
+    except ConfigError:
+        return build_job(values_layer(filled), base=config)
 
 
 def model_defaults(base_model: str | None) -> dict[str, Any]:

@@ -64,6 +64,24 @@ def _base_model(adapter_dir: Path) -> str | None:
     return base if isinstance(base, str) and base else None
 
 
+LORA_SETTINGS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora")
+
+
+def lora_settings(parent: Parent) -> dict:
+    """The parent adapter's LoRA shape (peft_config.* -> value) from its adapter_config.json: DPO trains that
+    adapter, so the run's config.yaml says what it really is rather than the defaults."""
+    try:
+        values = json.loads((parent.adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(values, dict):
+        return {}
+    found = {f"peft_config.{name}": values[name] for name in LORA_SETTINGS if values.get(name) is not None}
+    if isinstance(found.get("peft_config.target_modules"), list):  # peft saves a set: keep one order
+        found["peft_config.target_modules"] = sorted(found["peft_config.target_modules"])
+    return found
+
+
 def check_base(parent: Parent, base_model: str | None) -> None:
     """A base model set by the user must be the one the adapter was trained on."""
     from ..base_model import choose_base_model  # torch-free
