@@ -243,6 +243,11 @@ class JobConfig(_Section):
             return "dpo"
         return "qlora" if self.model.load_in_4bit else "lora"
 
+    @property
+    def needs_bitsandbytes(self) -> bool:
+        """4-bit weights and the 8-bit optimizers come from bitsandbytes; nothing else in a job does."""
+        return self.model.load_in_4bit or "8bit" in self.training_config.optim
+
     # --- construction -------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> JobConfig:

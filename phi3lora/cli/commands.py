@@ -19,12 +19,13 @@ from ..config import DEFAULT_MAX_LENGTH
 from ..errors import UserError
 from .evaluate import add_evaluate_command
 from .export import add_export_command
+from .push import add_push_command
 from .samples import add_samples_command
 from .space import add_space_command
 from ..policy.limits import DEFAULT_MAX_NEW_TOKENS
 from ..runs.lineage import describe as describe_lineage
 from .votes import add_votes_command
-from ..tasks import launch
+from ..tasks import launch, machine
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     add_space_command(commands)
     add_evaluate_command(commands)
     add_samples_command(commands)
+    add_push_command(commands)
     add_votes_command(commands)
     return parser
 
@@ -265,6 +267,8 @@ def _train(args) -> int:
         launched = _train_in_processes(args, config.training_config.distributed)
         if launched is not None:
             return launched
+    if not config.needs_bitsandbytes:
+        machine.leave_out_bitsandbytes()  # before the trainer's imports: see there
     from ..training.trainer import train
 
     result = train(config, args.output, resume=args.resume)

@@ -47,18 +47,16 @@ def parse_columns(text: str | None) -> dict[str, str]:
     if len(text) > MAX_MAPPING_CHARS:
         raise ColumnsError(f"column mapping: {len(text):,} characters, over the {MAX_MAPPING_CHARS:,} a mapping may "
                            f"take; write it as {EXAMPLE}")
-    mapping: dict[str, str] = {}
+    pairs = []
     for part in text.split(","):
         if not part.strip():
             continue  # a trailing comma
         target, equals, column = (piece.strip() for piece in part.partition("="))
         if not equals or not target or not column or "=" in column:
             raise ColumnsError(f"column mapping: {shown(part.strip())} is not TARGET=COLUMN; write it as {EXAMPLE}")
-        if target in mapping:
-            raise ColumnsError(f"column mapping: {shown(target)} is mapped twice ({shown(mapping[target])} and "
-                               f"{shown(column)}); map each target once")
-        mapping[target] = column
-    return check_columns(mapping)
+        pairs.append((target, column))
+    _refuse_twice(pairs, "target")  # a dict would silently keep the last of the two
+    return check_columns(dict(pairs))
 
 
 def check_columns(mapping: Any) -> dict[str, str]:
@@ -69,18 +67,24 @@ def check_columns(mapping: Any) -> dict[str, str]:
         return parse_columns(mapping)
     if not isinstance(mapping, Mapping):
         raise ColumnsError(f"column mapping: expected TARGET=COLUMN pairs such as {EXAMPLE}, found {describe(mapping)}")
-    by_column: dict[str, str] = {}
     for target, column in mapping.items():
         if target not in TARGETS:
             raise ColumnsError(f"column mapping: unknown target {shown(target)}; columns map to {', '.join(TARGETS)} "
                                f"(TARGET=COLUMN, e.g. {EXAMPLE})")
         if not isinstance(column, str) or not column.strip():
             raise ColumnsError(f"column mapping: {target} must name a column of the file, found {describe(column)}")
-        if column in by_column:
-            raise ColumnsError(f"column mapping: the column {shown(column)} is mapped twice ({by_column[column]} and "
-                               f"{target}); map each column once")
-        by_column[column] = target
+    _refuse_twice([(column, target) for target, column in mapping.items()], "column")
     return dict(mapping)
+
+
+def _refuse_twice(pairs: list[tuple[str, str]], noun: str) -> None:
+    """Refuse a name that appears first in two pairs: a target given two columns, or a column given two targets."""
+    seen: dict[str, str] = {}
+    for name, other in pairs:
+        if name in seen:
+            raise ColumnsError(f"column mapping: the {noun} {shown(name)} is mapped twice ({shown(seen[name])} and "
+                               f"{shown(other)}); map each {noun} once")
+        seen[name] = other
 
 
 def apply_columns(objects: list[tuple[int, dict]], mapping: Mapping[str, str],

@@ -251,6 +251,7 @@ def _queue_attempt(path: Path, resume: bool, processes: int | None = None, accel
     config = load_job(path / "config.yaml")
     machine.submit(attempt, "train", run=path.name, resume=resume, distributed=config.training_config.distributed,
                    processes=processes, accelerate_config=accelerate_config,
+                   needs_bitsandbytes=config.needs_bitsandbytes,
                    gpu=_gpu_need(config, f"training run {path.name}"))  # its body asks the GPU's owner with it
     return attempt
 

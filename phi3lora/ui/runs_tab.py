@@ -1,5 +1,5 @@
 """Runs tab: every run in a table, the config diff of two runs, their loss curves overlaid, the adapter as a
-zip, and deleting a run (after a confirmation)."""
+zip, and deleting a run (after a confirmation); the Hub push section is ui/runs_push.py."""
 from __future__ import annotations
 
 import zipfile
@@ -22,6 +22,7 @@ from ..tasks import machine
 from .visitors import policy, require_run, visitor_of
 from .common import download_path, duration, method_name, number, shows_errors, timestamp
 from .downloads import offer
+from . import runs_push
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "config.yaml")
 COLUMNS = ["run", "status", "method", "dataset", "base model", "started", "duration", "train loss", "eval loss", "blind win rate",
@@ -49,6 +50,7 @@ class RunsTab:
     confirm_button: gr.Button
     keep_button: gr.Button
     publish_button: gr.Button
+    push: runs_push.PushSection | None = None  # the Hub push section (ui/runs_push.py)
 
     @property
     def run_pickers(self) -> list[gr.Dropdown]:
@@ -85,9 +87,10 @@ def build() -> RunsTab:
             confirm_text = gr.Markdown()
             confirm_button = gr.Button("Yes, delete it", variant="stop", scale=0, min_width=170)
             keep_button = gr.Button("Keep it", scale=0, min_width=100)
+    push = runs_push.build()
     return RunsTab(refresh_button, table, compare, curves, diff_a, diff_b, diff, selected, zip_button, zip_file,
                    export_button, exports, gr.Timer(3.0, active=False), delete_button, confirm_row, confirm_text,
-                   confirm_button, keep_button, publish_button)
+                   confirm_button, keep_button, publish_button, push=push)
 
 
 def wire(tab: RunsTab, tab_item: gr.Tab, demo: gr.Blocks) -> None:
@@ -110,6 +113,8 @@ def wire(tab: RunsTab, tab_item: gr.Tab, demo: gr.Blocks) -> None:
     tab.keep_button.click(lambda: gr.Row(visible=False), None, [tab.confirm_row], **private)
     tab.confirm_button.click(delete, [tab.selected], [tab.confirm_row], **private).success(
         refresh, [tab.compare, tab.diff_a, tab.diff_b, tab.selected], listing, **private)
+    if tab.push is not None:
+        runs_push.wire(tab.push, tab.selected)
 
 
 # --- the table ------------------------------------------------------------------------------------------------

@@ -152,8 +152,8 @@ def test_the_mapping_travels_in_the_job_config(tmp_path):
 
 @pytest.mark.parametrize("text, fragment", [
     ("promt=question", "unknown target 'promt'; columns map to prompt, completion, system"),
-    ("prompt=question,prompt=query", "'prompt' is mapped twice ('question' and 'query'); map each target once"),
-    ("prompt=question,completion=question", "the column 'question' is mapped twice (prompt and completion)"),
+    ("prompt=question,prompt=query", "the target 'prompt' is mapped twice ('question' and 'query'); map each target once"),
+    ("prompt=question,completion=question", "the column 'question' is mapped twice ('prompt' and 'completion'); map each column once"),
     ("prompt", "'prompt' is not TARGET=COLUMN; write it as prompt=question,completion=answer"),
     ("=question", "'=question' is not TARGET=COLUMN"),
     ("prompt=", "'prompt=' is not TARGET=COLUMN"),

@@ -2,6 +2,8 @@
 same statuses and the same failure sentences for the same causes, whichever kind it is."""
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -134,3 +136,21 @@ def test_a_cancelled_task_of_any_kind_ends_cancelled(trained, monkeypatch):
         assert state.status == "cancelled", (kind, state)
     with pytest.raises(machine.TaskStateError, match="it is cancelled: only a queued or running task can be cancelled"):
         machine.cancel(folders["export"])
+
+
+def test_a_task_that_needs_no_4_bit_runs_without_bitsandbytes(finished_home):
+    """A LoRA run's request says it needs no bitsandbytes, and its body then trains without importing it (the
+    import costs 2-4 s of CPU at every task's start); a QLoRA job's request keeps it."""
+    request = records.read_record(next(finished_home.glob("runs/*/attempts/1/queued.json")))
+    assert request["needs_bitsandbytes"] is False
+    assert override(JobConfig(), ["model.load_in_4bit=true"]).needs_bitsandbytes
+    assert override(JobConfig(), ["optim=paged_adamw_8bit"]).needs_bitsandbytes
+    code = ("import sys; from phi3lora.tasks.machine import leave_out_bitsandbytes; leave_out_bitsandbytes()\n"
+            "import peft, trl, transformers; from peft.import_utils import is_bnb_available\n"
+            "from phi3lora.base_model import DEMO_MODEL_DIR\n"
+            "base = transformers.AutoModelForCausalLM.from_pretrained(DEMO_MODEL_DIR)\n"
+            "model = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=['qkv_proj']))\n"
+            "print(sys.modules['bitsandbytes'], is_bnb_available(), transformers.utils.is_bitsandbytes_available(),"
+            " model.get_nb_trainable_parameters()[0] > 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split() == ["None", "False", "False", "True"], done.stderr[-2000:]
