@@ -30,7 +30,7 @@ from trl import SFTConfig, SFTTrainer
 from .. import data
 from . import preflight
 from .callbacks import MetricsFile
-from .preference import drop_reference
+from .preference import drop_reference, prepare_dpo
 from ..config import ConfigError, JobConfig
 from ..job_builder import resolve_job, write_job_file
 from ..tasks import launch
@@ -124,8 +124,6 @@ def prepare(config: JobConfig, output_dir: Path, log=print, callbacks: list[Trai
     if config.training_config.use_liger_kernel:
         _check_liger_can_run()
     if config.training_config.objective == "dpo":  # preference pairs on an SFT adapter: training/preference.py
-        from .preference import prepare_dpo
-
         return prepare_dpo(config, output_dir, log, callbacks, use_cpu=_ranks_on_a_cpu())
 
     # 1. Data: every record checked before any model loads.
