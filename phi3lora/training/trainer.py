@@ -212,7 +212,8 @@ def train(config: JobConfig, output_dir: str | Path, log=print, callbacks: list[
         seconds=round(time.time() - started, 1),
     )
     if trainer.is_world_process_zero():
-        (output_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
+        lineage = {"parent_adapter": job.config.model.adapter} if job.config.method == "dpo" else {}  # DPO's parent
+        (output_dir / "summary.json").write_text(json.dumps(asdict(result) | lineage, indent=2), encoding="utf-8")
     return result
 
 

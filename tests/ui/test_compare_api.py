@@ -89,6 +89,7 @@ def test_blind_votes_train_a_dpo_adapter_that_prefers_the_winners(trained, tmp_p
     assert not (dpo_dir / "ref").exists()  # trl's frozen reference copy is not saved with the adapter
     summary = json.loads((dpo_dir / "summary.json").read_text())
     assert (summary["method"], summary["train_conversations"], summary["global_step"]) == ("dpo", 3, 4)
+    assert summary["parent_adapter"] == sft_run  # the foreground run's lineage
 
     margins = mean_margins(rows, {"sft": server.home / "runs" / sft_run, "dpo": dpo_dir})
     assert margins["dpo"] > margins["sft"] + 1.0, margins
