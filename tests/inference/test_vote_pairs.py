@@ -32,11 +32,12 @@ def test_decided_votes_become_pairs_and_the_rest_is_counted(home, tmp_path, caps
     votes.record_vote(RUN, votes.BASE_CONTENDER, "tie", "Hi", "", ("Hello.", "Hi."))
     votes.record_vote(RUN, votes.BASE_CONTENDER, "both_bad", "Hi", "", ("x", "y"))
     votes.record_vote(RUN, votes.BASE_CONTENDER, "A", "Hi", "", ("Same.", "Same."))
+    votes.record_vote(RUN, votes.BASE_CONTENDER, "A", "x" * (votes.MAX_KEPT_CHARS + 1), "", ("Long.", "Short."))
     votes.record_vote(RUN, votes.BASE_CONTENDER, "A", "Who are you?")  # as votes were recorded before this issue
     write_record(home / "runs" / RUN / "votes" / "20260101-000000-old.json",
                  {"result": "win", "shown_as": "A", "opponent": "base", "prompt": "Old", "time": 0})
     found = vote_pairs.vote_pairs(RUN)
-    assert found.left_out == {"ties": 1, "both_bad": 1, "without_answers": 2, "cut": 0, "same_answers": 1,
+    assert found.left_out == {"ties": 1, "both_bad": 1, "without_answers": 2, "cut": 1, "same_answers": 1,
                               "by_others": 0}
     system = {"role": "system", "content": "Be brief."}
     assert {(json.dumps(r["prompt"]), r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in found.rows} == {
@@ -44,13 +45,13 @@ def test_decided_votes_become_pairs_and_the_rest_is_counted(home, tmp_path, caps
         (json.dumps([{"role": "user", "content": "Name?"}]), "Phi.", "Wren."),
         (json.dumps([{"role": "user", "content": "Hi"}]), "Hey!", "Hello."),
     }
-    assert votes.win_rate(RUN).votes == 8  # the old votes still count toward the win rate
+    assert votes.win_rate(RUN).votes == 9  # the old votes still count toward the win rate
     assert [row["chosen"][0]["content"] for row in vote_pairs.vote_pairs(OTHER).rows] == ["Hey!"]
 
     output = tmp_path / "prefs.jsonl"
     assert main(["votes", "export", RUN, "--output", str(output)]) == 0
     assert capsys.readouterr().out.startswith(f"3 pairs from the votes of run {RUN} (1 tied, 1 both bad, 2 recorded "
-                                              "before votes kept their answers, 1 with the same answer")
+                                              "before votes kept their answers, 1 with texts too long to keep whole, 1 with the same answer")
     assert len(read_preferences(output).usable()) == 3  # the export reads back as a preference file
 
 
