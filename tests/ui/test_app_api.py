@@ -35,7 +35,8 @@ def client(server):
 
 def test_api_lists_the_stable_endpoints(client):
     endpoints = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert endpoints == {"/validate_dataset", "/start_training", "/run_status", "/cancel_training", "/compare"}, \
+    assert endpoints == {"/validate_dataset", "/start_training", "/run_status", "/cancel_training", "/compare",
+                         "/blind_pair", "/blind_vote"}, \
         f"UI events leak into the API: {sorted(endpoints)}"
 
 
