@@ -115,6 +115,11 @@ class ModelSettings(_Section):
     trust_remote_code: bool = Field(
         False, description="Run Python code shipped with the model repository. Off: Phi-3 is built into transformers."
     )
+    # --- preference training (DPO)
+    adapter: str | None = Field(
+        None, description="The finished SFT adapter DPO continues, also its reference: a run id or an adapter "
+        "folder (--from-adapter). Its base model is the job's unless base_model is set.",
+    )
 
 
 class DataSettings(_Section):
@@ -222,6 +227,15 @@ class TrainingConfig(_Section):
             raise ValueError(f"early stopping keeps the best evaluation's checkpoint, so save_steps ({steps[1]}) must "
                              f"equal eval_steps ({steps[0]}); or set early_stopping_patience=0")
         return patience
+    # --- preference training (DPO)
+    objective: Literal["sft", "dpo"] = Field(
+        "sft", description="sft: learn to write the dataset's answers; dpo: learn to prefer each pair's chosen "
+        "answer to its rejected one (trl's DPOTrainer), continuing model.adapter against itself as the reference.",
+    )
+    dpo_beta: float = Field(
+        0.1, gt=0, description="DPO's beta: how far the adapter may move from its reference; smaller lets the "
+        "preferences pull harder.",
+    )
 
 
 class PeftConfig(_Section):
@@ -259,7 +273,9 @@ class JobConfig(_Section):
     peft_config: PeftConfig = Field(default_factory=PeftConfig)
 
     @property
-    def method(self) -> Literal["lora", "qlora"]:
+    def method(self) -> Literal["lora", "qlora", "dpo"]:
+        if self.training_config.objective == "dpo":
+            return "dpo"
         return "qlora" if self.model.load_in_4bit else "lora"
 
     @property

@@ -12,7 +12,8 @@ the demo model's own training defaults. `write_job_file` writes the resolved job
 way back, the --set strings that rebuild a job (the Train tab's command line).
 
 Every layer takes the same keys: sections as in config.yaml ({"training_config": {"max_steps": 6}}), dotted names
-("peft_config.r"), bare field names where unique ("max_steps"), and `method: lora|qlora` (model.load_in_4bit).
+("peft_config.r"), bare field names where unique ("max_steps"), and `method: lora|qlora` (model.load_in_4bit) or
+`method: dpo` (training_config.objective).
 Every refusal is one line that starts with the setting it concerns, whichever layer it came from:
 `training_config.learning_rate: Input should be greater than 0 (got -1)`.
 """
@@ -29,6 +30,7 @@ from typing import Any
 from .config import SECTIONS, ConfigError, JobConfig, load_yaml, section_fields, setting_name, shorten
 
 METHODS = {"lora": False, "qlora": True}  # method -> model.load_in_4bit: the one place the two are mapped
+PREFERENCE_METHODS = ("dpo",)  # method -> training_config.objective (LoRA on the SFT adapter's base)
 JOB_FILE = "config.yaml"
 # A 5M-parameter model learns slowly at Phi-3-mini's settings; these apply to the demo model unless the user set them.
 DEMO_TRAINING_DEFAULTS = {
@@ -98,9 +100,12 @@ def values_layer(values: Mapping[Any, Any]) -> Layer:
     flat: dict[str, Any] = {}
     for key, value in values.items():
         if key == "method":
-            if not isinstance(value, str) or value not in METHODS:
-                raise ConfigError(f"method: must be lora or qlora (got {shorten(value)})")
-            flat["model.load_in_4bit"] = METHODS[value]
+            if not isinstance(value, str) or value not in (*METHODS, *PREFERENCE_METHODS):
+                raise ConfigError(f"method: must be lora, qlora or dpo (got {shorten(value)})")
+            if value in PREFERENCE_METHODS:
+                flat["training_config.objective"] = value
+            else:
+                flat["model.load_in_4bit"] = METHODS[value]
         elif key in SECTIONS:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{key}: must be a mapping of its settings (got {shorten(value)})")
@@ -164,6 +169,7 @@ def resolve_job(config: JobConfig) -> tuple[JobConfig, str]:
     run is queued or weights load. Returns (config, a line for the user saying what was filled in)."""
     from .base_model import choose_base_model  # no torch where this machine has no GPU it could use
 
+    config = _with_parent_base(config)
     choice = choose_base_model(config.model.base_model)
     given = config.explicitly_set()
     filled = {k: v for k, v in _model_defaults(choice.is_demo).items() if k not in given} if choice.is_demo else {}
@@ -178,6 +184,25 @@ def resolve_job(config: JobConfig) -> tuple[JobConfig, str]:
     if filled:
         note += "; demo-model defaults: " + ", ".join(f"{k.partition('.')[2]}={v}" for k, v in filled.items())
     return resolved, note
+
+
+def _with_parent_base(config: JobConfig) -> JobConfig:
+    """A DPO job runs on the base its SFT adapter (model.adapter) was trained on: filled in when no layer set it,
+    refused when one set another. Its peft_config is the adapter's own LoRA shape (that is what trains)."""
+    if config.training_config.objective != "dpo":
+        return config
+    if not config.model.adapter:
+        raise ConfigError("model.adapter: DPO continues a finished SFT adapter: pass --from-adapter RUN_OR_DIR "
+                          "(a run id or an adapter folder)")
+    from .runs.lineage import check_base, find_parent, lora_settings
+
+    parent = find_parent(config.model.adapter)
+    check_base(parent, config.model.base_model)
+    filled = {} if config.model.base_model or not parent.base_model else {"model.base_model": parent.base_model}
+    try:  # the adapter's own LoRA shape; one this config cannot express (other modules) stays as the job says
+        return build_job(values_layer({**lora_settings(parent), **filled}), base=config)
+    except ConfigError:
+        return build_job(values_layer(filled), base=config)
 
 
 def model_defaults(base_model: str | None) -> dict[str, Any]:

@@ -124,7 +124,7 @@ def test_method_sets_load_in_4bit(layer):
 
 
 def test_an_unknown_method_is_refused_naming_it():
-    assert _one_line_refusal(lambda: build_job(text_layer("method: QLoRA"))) == "method: must be lora or qlora (got 'QLoRA')"
+    assert _one_line_refusal(lambda: build_job(text_layer("method: QLoRA"))) == "method: must be lora, qlora or dpo (got 'QLoRA')"
     assert _one_line_refusal(lambda: build_job(values_layer({"method": ["qlora"]}))).startswith("method: ")
 
 

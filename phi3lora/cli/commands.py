@@ -23,6 +23,8 @@ from .push import add_push_command
 from .samples import add_samples_command
 from .space import add_space_command
 from ..policy.limits import DEFAULT_MAX_NEW_TOKENS
+from ..runs.lineage import describe as describe_lineage
+from .votes import add_votes_command
 from ..tasks import launch, machine
 
 
@@ -101,12 +103,16 @@ def _parser() -> argparse.ArgumentParser:
     add_evaluate_command(commands)
     add_samples_command(commands)
     add_push_command(commands)
+    add_votes_command(commands)
     return parser
 
 
 def _add_job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="dataset file (.jsonl, .json, .csv, .parquet), or hub:owner/name[:split]")
-    parser.add_argument("--method", choices=["lora", "qlora"], help="qlora loads the base in 4-bit NF4")
+    parser.add_argument("--method", choices=["lora", "qlora", "dpo"],
+                        help="qlora loads the base in 4-bit NF4; dpo trains --from-adapter on preference pairs (--data)")
+    parser.add_argument("--from-adapter", metavar="RUN_OR_DIR",
+                        help="with --method dpo: the finished SFT run (its id) or adapter folder to continue")
     parser.add_argument("--model", help="base model: hub id, local folder or 'demo'")
     parser.add_argument("--config", help="YAML job file (e.g. config.yaml of an earlier run)")
     parser.add_argument("--format", help="dataset format (default: detect)")
@@ -135,7 +141,8 @@ def _job_config(args):
     from ..job_builder import assignments_layer, build_job, file_layer, values_layer
 
     flags = {"data.path": args.data, "method": args.method, "model.base_model": args.model,
-             "data.format": args.format, "data.drop_invalid": args.drop_invalid, "data.columns": args.columns}
+             "data.format": args.format, "data.drop_invalid": args.drop_invalid, "data.columns": args.columns,
+             "model.adapter": args.from_adapter}
     config = build_job(*([file_layer(args.config)] if args.config else []),
                        values_layer({key: value for key, value in flags.items() if value}),  # the flags given
                        assignments_layer(args.overrides))
@@ -351,6 +358,8 @@ def _print_run(info, log: str) -> None:
     print(f"loss:     train {_fmt(info.train_loss)}, eval {_fmt(info.eval_loss)}, lr {info.learning_rate}")
     if info.stop_reason:
         print(f"stopped:  {info.stop_reason}")
+    if info.lineage:
+        print(f"lineage:  {describe_lineage(info.lineage)}")
     if info.adapter:
         print(f"adapter:  {info.adapter}")
     if log:

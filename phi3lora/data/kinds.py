@@ -5,7 +5,7 @@
                  text only
   preference     `chosen` and `rejected` answers: TRL's prompt/chosen/rejected (plain or conversational, or
                  without a prompt) and LLaMA-Factory's conversations + chosen/rejected. Pairs for preference
-                 training (DPO and its kin), not SFT; `is_preference` is the test a preference trainer can reuse
+                 training (DPO: preferences.py reads them), not SFT
   content_parts  turns whose content is a list of typed parts ([{type, value}], LLaMA-Factory's v1 format)
   other_markup   a `text` column holding another model's chat markup (ChatML, Llama, Gemma; markup.py)
   pretraining    a `text` column of plain text, without chat markup: pre-training text, not conversations
@@ -86,8 +86,9 @@ def file_refusal(kind: str, mine: list[dict]) -> str:
         if all(record.get("prompt") is not None and isinstance(record.get("chosen"), (str, list)) for record in mine):
             # TRL's shape, whose chosen answers make a prompt_completion record
             advice = "; to train on the chosen answers alone, map them with --columns completion=chosen"
-        return ("the records are preference data (a 'chosen' and a 'rejected' answer to each prompt, for DPO-style "
-                f"preference training), not conversations for supervised fine-tuning{advice}")
+        return ("the records are preference data (a 'chosen' and a 'rejected' answer to each prompt), not "
+                "conversations for supervised fine-tuning: train a finished run's adapter on them with DPO (--method "
+                f"dpo --from-adapter RUN, or the Train tab's DPO choice){advice}")
     if kind == CONTENT_PARTS:
         types = list(dict.fromkeys(t for record in mine for t in _scan(record)[0]))
         return (f"turn contents are lists of typed parts (types {shown_names(types)}, as in LLaMA-Factory's v1 format), "

@@ -77,6 +77,8 @@ def run_adapters() -> list[AdapterChoice]:
 def _run_choice(info: lifecycle.RunInfo) -> AdapterChoice:
     base, settings = adapter_settings(info.adapter, check_base=False)  # trained here: its base was checked then
     label = f"{info.id} · {info.method} · {Path(info.dataset).name} · {info.status}"
+    if info.lineage and info.lineage.get("parent_run"):  # a DPO run: beside its parent, named as its child
+        label += f" · from {info.lineage['parent_run']}"
     return AdapterChoice(f"run:{info.id}", label, Path(info.adapter), base, settings)
 
 

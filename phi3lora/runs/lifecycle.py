@@ -14,6 +14,8 @@ from pathlib import Path
 from .. import data
 from ..policy import limits
 from . import registry
+from ..data.preferences import read_preferences
+from .lineage import find_parent, lineage_record, snapshot as snapshot_parent
 from ..policy.allowed_models import remote_code_allowed
 from ..config import JobConfig
 from ..errors import UserError
@@ -58,6 +60,7 @@ class RunInfo:
     path: str
     best_step: int | None = None  # early stopping: the step whose adapter was kept
     stop_reason: str | None = None  # early stopping: which step was kept and why training ended there
+    lineage: dict | None = None  # a DPO run's parent and pairs (lineage.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +92,7 @@ def run_info(run_id: str, progress: registry.Progress | None = None) -> RunInfo:
         elapsed=progress.elapsed, eta_seconds=progress.eta_seconds if status == RUNNING else None,
         adapter=str(path) if adapter.is_file() and status in FINISHED else None, path=str(path),
         best_step=progress.best_step, stop_reason=progress.stop_reason,
+        lineage=meta.get("lineage"),
     )
 
 
@@ -113,15 +117,19 @@ def log_tail(run_id: str, max_bytes: int = 4000) -> str:
 # --- start, cancel, resume, wait, delete ------------------------------------------------------------------
 
 def start_run(config: JobConfig, owner: str | None = None, processes: int | None = None,
-              accelerate_config: str | None = None) -> str:
+              accelerate_config: str | None = None, data_note: str | None = None) -> str:
     """Check the dataset, snapshot it into a new run folder, and queue the run. Returns the run id.
     `owner` (who started it, see policy/access.py) is recorded with the run. `processes` (default: one per visible
     GPU) and `accelerate_config` (a cluster's accelerate config file) say how it launches (tasks/launch.py); every
-    resume launches the same way."""
+    resume launches the same way. A DPO job (training_config.objective) records its lineage (lineage.py), with
+    `data_note` saying where its pairs came from (the votes of a run, and what they left out)."""
     if not config.data.path:
         raise UserError("no dataset: set data.path (--data)")
-    dataset = data.read_dataset(config.data.path, config.data.format, columns=config.data.columns)
-    data.usable_conversations(dataset, drop_invalid=config.data.drop_invalid)  # refuse bad data now, not in a failed run
+    if config.training_config.objective == "dpo":  # preference pairs, not conversations
+        pairs = len(read_preferences(config.data.path).usable(drop_invalid=config.data.drop_invalid))
+    else:
+        dataset = data.read_dataset(config.data.path, config.data.format, columns=config.data.columns)
+        data.usable_conversations(dataset, drop_invalid=config.data.drop_invalid)  # refuse bad data now, not in a failed run
     _check_launch(config, processes, accelerate_config)  # a missing package, too many processes: before any work
     from ..job_builder import resolve_job, write_job_file  # here, not at the top: it imports torch (model defaults)
 
@@ -136,10 +144,16 @@ def start_run(config: JobConfig, owner: str | None = None, processes: int | None
     snapshot.parent.mkdir(parents=True)
     shutil.copyfile(config.data.path, snapshot)
     config.data.path = str(snapshot)
+    lineage = None
+    if config.training_config.objective == "dpo":  # the parent's adapter, snapshot as the dataset is
+        parent = find_parent(config.model.adapter)
+        config.model.adapter = str(snapshot_parent(parent, path))
+        lineage = lineage_record(parent, pairs, data_note)
     write_job_file(config, path)  # the one writing of the run's job; its trainer reads it and leaves it as it is
     write_record(path / "run.json", {
         "id": run_id, "created_at": time.time(), "method": config.method,
         "base_model": config.model.base_model, "dataset": snapshot.name, "owner": owner,
+        **({"lineage": lineage} if lineage else {}),
     })
     _queue_attempt(path, resume=False, processes=processes, accelerate_config=accelerate_config)
     return run_id

@@ -154,7 +154,8 @@ def estimate(config: JobConfig, device: str | None = None, shape: Shape | None =
     t, p = config.training_config, config.peft_config
     dtype = resolved_dtype(config.model.dtype, device)
     each = DTYPE_BYTES[dtype]
-    tokens = t.per_device_train_batch_size * t.max_length  # a batch of the longest rows: padded or packed to max_length
+    rows = t.per_device_train_batch_size * (2 if t.objective == "dpo" else 1)  # DPO: each pair's chosen and rejected
+    tokens = rows * t.max_length  # a batch of the longest rows: padded or packed to max_length
 
     linear = shape.layers * sum(i * o for i, o in map(shape.lora_dimensions, ("qkv_proj", "o_proj", "gate_up_proj",
                                                                              "down_proj")))

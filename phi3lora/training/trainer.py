@@ -36,6 +36,7 @@ from .. import data
 from . import memory_estimate, preflight
 from .callbacks import MetricsFile, StopWhenEvalLossStalls
 from .options import TRACKIO_PROJECT, tracker_dirs
+from .preference import drop_reference, prepare_dpo
 from ..config import ConfigError, JobConfig
 from ..job_builder import resolve_job, write_job_file
 from ..tasks import launch
@@ -138,6 +139,8 @@ def prepare(config: JobConfig, output_dir: Path, log=print, callbacks: list[Trai
     log(f"{config.method}: {note}")
     if config.training_config.use_liger_kernel:
         _check_liger_can_run()
+    if config.training_config.objective == "dpo":  # preference pairs on an SFT adapter: training/preference.py
+        return prepare_dpo(config, output_dir, log, callbacks, use_cpu=_ranks_on_a_cpu())
 
     # 1. Data: every record checked before any model loads.
     dataset = data.read_dataset(config.data.path, config.data.format, columns=config.data.columns)
@@ -223,6 +226,7 @@ def train(config: JobConfig, output_dir: str | Path, log=print, callbacks: list[
     # 5. Train, then save only the adapter (PEFT's save_pretrained writes just the LoRA weights).
     outcome = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.model.config.use_cache = True  # gradient checkpointing turned the cache off; generation wants it back
+    drop_reference(trainer.model)  # DPO's frozen copy of the SFT adapter: not part of the result
     trainer.save_model(str(output_dir))  # with early stopping, the best checkpoint's adapter (the Trainer loaded it)
     kept = _kept_checkpoint(trainer)
 
@@ -238,7 +242,8 @@ def train(config: JobConfig, output_dir: str | Path, log=print, callbacks: list[
     if kept:
         log(kept["stop_reason"])
     if trainer.is_world_process_zero():
-        (output_dir / "summary.json").write_text(json.dumps(asdict(result), indent=2), encoding="utf-8")
+        lineage = {"parent_adapter": job.config.model.adapter} if job.config.method == "dpo" else {}  # DPO's parent
+        (output_dir / "summary.json").write_text(json.dumps(asdict(result) | lineage, indent=2), encoding="utf-8")
     return result
 
 

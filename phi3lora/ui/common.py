@@ -275,4 +275,4 @@ def number(value: float | None, digits: int = 4) -> str:
 
 
 def method_name(method: str) -> str:
-    return {"lora": "LoRA", "qlora": "QLoRA"}.get(method, method)
+    return {"lora": "LoRA", "qlora": "QLoRA", "dpo": "DPO"}.get(method, method)

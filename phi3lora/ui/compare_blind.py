@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import gradio as gr
 
 from ..inference import votes
+from ..policy import limits
+from ..policy.limits import DEFAULT_MAX_NEW_TOKENS
 from ..inference.service import BASE_COLUMN, ChatService
 from .common import shows_errors
 from .compare_chat import Sampling, chat_queue, contender_name, stream_columns
@@ -99,7 +101,8 @@ def blind_generate(service: ChatService, form: BlindForm, request: gr.Request):
     for histories in stream_columns(service, visitor_of(request), pair, histories, form.added, form.system,
                                     form.sampling):
         yield None, histories[0][-1]["content"], histories[1][-1]["content"], hidden, *_vote_buttons(False)
-    pair_id = votes.new_pair(_run_id(pair[0]), _run_id(pair[1]), prompt)
+    answers = (histories[0][-1]["content"], histories[1][-1]["content"])
+    pair_id = votes.new_pair(_run_id(pair[0]), _run_id(pair[1]), prompt, form.system, answers)
     yield {"id": pair_id, "shown": pair}, gr.skip(), gr.skip(), "Which answer is better?", *_vote_buttons(True)
 
 
@@ -119,12 +122,59 @@ def vote_for(outcome: str):
 def record_vote(pair: dict | None, outcome: str, request: gr.Request):
     if not pair:
         raise gr.Error("Generate a pair of answers first.")
-    policy().require_chat(visitor_of(request))
+    rules, visitor = policy(), visitor_of(request)
+    rules.require_chat(visitor)
     first, second = pair["shown"]
-    stored = votes.record_pair_vote(pair["id"], outcome)  # refused if this pair has had its vote
+    stored = votes.record_pair_vote(  # refused if this pair has had its vote
+        pair["id"], outcome, by_owner=lambda run_id: rules.may_train(visitor) and rules.owns(visitor, run_id))
     lines = [f"**A** was {contender_name(first)}, **B** was {contender_name(second)}."]
     if _run_id(first) and _run_id(second):
         lines += [f"Run {run_id}: {votes.win_rate(run_id).describe()}" for run_id in stored]
     else:
         lines.append("Not stored: votes are kept with runs, and an uploaded or hub adapter has none.")
     return None, "\n\n".join(lines), *_vote_buttons(False)
+
+
+# --- API: the blind test for gradio_client ---------------------------------------------------------------------
+
+def add_api(service: ChatService) -> None:
+    """`/blind_pair` (two greedy answers shown as A and B, and the pair's id) and `/blind_vote` (its one vote)."""
+    prompt, system = gr.Textbox(label="prompt", visible=False), gr.Textbox(label="system", visible=False)
+    first, second = gr.Textbox(label="contender_1", visible=False), gr.Textbox(label="contender_2", visible=False)
+    max_new = gr.Number(label="max_new_tokens", value=DEFAULT_MAX_NEW_TOKENS, precision=0, visible=False)
+    pair_out, pair_id, outcome = gr.JSON(visible=False), gr.Textbox(visible=False), gr.Textbox(visible=False)
+    vote_out = gr.JSON(visible=False)
+    gr.Button(visible=False).click(handler(blind_pair_api, service), [prompt, first, second, system, max_new],
+                                   [pair_out], api_name="blind_pair", **chat_queue())
+    gr.Button(visible=False).click(blind_vote_api, [pair_id, outcome], [vote_out], api_name="blind_vote")
+
+
+@shows_errors
+def blind_pair_api(service: ChatService, prompt: str, contender_1: str, contender_2: str, system: str,
+                   max_new_tokens: float | None, request: gr.Request) -> dict:
+    """Contenders: "base" or a run id. Returns {"pair": its id, "A": answer, "B": answer}, in random order; the
+    vote (/blind_vote) says who was who."""
+    limits.check_prompt_characters(len(prompt or "") + len(system or ""))
+    refs = [BASE_COLUMN if (c or "").strip() == votes.BASE_CONTENDER else f"run:{(c or '').strip()}"
+            for c in (contender_1, contender_2)]
+    sampling = Sampling(greedy=True, temperature=0, top_p=1, seed=None, four_bit=False,
+                        max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
+    sampling.generate_args()  # a bad request is refused before anything is generated
+    answers = None
+    for outputs in blind_generate(service, BlindForm(*refs, prompt, {}, system or "", sampling), request):
+        if isinstance(outputs[0], dict):  # the last: the pair registered for its vote
+            return {"pair": outputs[0]["id"], "A": answers[0], "B": answers[1]}
+        answers = outputs[1:3]
+    raise gr.Error("no answers were generated")
+
+
+@shows_errors
+def blind_vote_api(pair_id: str, outcome: str, request: gr.Request) -> dict:
+    """The one vote on a pair from /blind_pair: "A", "B", "tie" or "both_bad". Returns who was A and B ("base" or
+    a run id) and the runs it was stored with."""
+    shown = votes.pair_contenders((pair_id or "").strip())
+    if shown is None:
+        raise gr.Error("this pair of answers has already been voted on, or never was generated: call /blind_pair")
+    record_vote({"id": pair_id.strip(), "shown": list(shown)}, outcome, request)
+    stored = [run_id for run_id in shown if run_id and run_id != votes.BASE_CONTENDER]
+    return {"A": shown[0], "B": shown[1], "stored_with": stored}

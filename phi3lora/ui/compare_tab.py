@@ -176,6 +176,7 @@ def add_api(state: AppState) -> None:
     answers = gr.JSON(label="answers", visible=False)
     gr.Button(visible=False).click(handler(compare_api, state.chat), [prompt, adapters, system, max_new], [answers],
                                    api_name="compare", **chat_queue())
+    compare_blind.add_api(state.chat)  # /blind_pair, /blind_vote
 
 
 # --- picking adapters ------------------------------------------------------------------------------------------

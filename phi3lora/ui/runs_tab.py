@@ -15,6 +15,7 @@ from ..policy import access
 from ..deploy import export, onnx_verify
 from ..runs import lifecycle
 from ..runs import registry
+from ..runs.lineage import describe as describe_lineage
 from ..inference import votes
 from ..policy.access import AccessDenied
 from ..tasks import machine
@@ -136,7 +137,7 @@ def refresh(compare: list | None, diff_a: str | None, diff_b: str | None, select
     ids = [info.id for info in infos]
     rows = [[info.id, info.status, info.method, info.dataset, info.base_model, timestamp(info.created_at),
              duration(info.elapsed) if info.max_steps else "-", number(info.train_loss), number(info.eval_loss),
-             _win_rate(info.id), info.reason or ""] for info in infos]
+             _win_rate(info.id), _note(info)] for info in infos]
 
     def keep(value):
         return value if value in ids else None
@@ -145,6 +146,11 @@ def refresh(compare: list | None, diff_a: str | None, diff_b: str | None, select
             gr.Dropdown(choices=ids, value=[r for r in (compare or []) if r in ids]),
             gr.Dropdown(choices=ids, value=keep(diff_a)), gr.Dropdown(choices=ids, value=keep(diff_b)),
             gr.Dropdown(choices=ids, value=keep(selected) or (ids[0] if ids else None)))
+
+
+def _note(info: lifecycle.RunInfo) -> str:
+    """Why it ended as it did, and a DPO run's lineage (its parent run and the pairs it trained on)."""
+    return "; ".join(text for text in (describe_lineage(info.lineage), info.reason) if text)
 
 
 def _win_rate(run_id: str) -> str:

@@ -17,7 +17,7 @@ from ..job_builder import (assignments_for, build_job, default_base_model, model
                            values_layer)
 from ..modeling import DEFAULT_GPU_MODEL
 from ..data.samples import shipped_samples
-from . import memory_view, sample_pick, train_progress
+from . import memory_view, sample_pick, train_dpo, train_progress
 from .common import bundled_datasets, is_bundled, shows_errors, take_upload, uploads_root
 from .state import handler, input_set, read
 from .train_progress import ProgressView, RunOnView, tick
@@ -41,6 +41,7 @@ class TrainTab:
     cli_view: gr.Code
     start_button: gr.Button
     view: ProgressView  # of the run on view
+    dpo: train_dpo.DpoInputs | None = None  # the DPO choice's parent run and pairs
     memory: gr.Markdown | None = None  # the memory estimate, as the settings change (memory_view.py)
 
     @property
@@ -63,6 +64,7 @@ class TrainForm:
     values: tuple  # the fields' values, in form_keys() order
     identity: tuple = ("", "")  # the Data tab's Name and Maker, for a fillable sample
     columns: str = ""  # the Data tab's column mapping, "prompt=question,completion=answer"
+    dpo: tuple = (None, None, None)  # DPO: the parent run, the pairs' source, the uploaded preference file
 
 
 @dataclass
@@ -76,9 +78,10 @@ class TrainFormInputs:
     fields: dict[str, gr.Component]  # "section.field" -> its input, in form order
     identity: list[gr.Component] | None = None  # the Data tab's Name and Maker fields
     columns: gr.Component | None = None  # the Data tab's column mapping
+    dpo: list[gr.Component] | None = None  # train_dpo.DpoInputs.inputs()
 
     def by_name(self) -> dict[str, gr.Component | list[gr.Component]]:
-        optional = {"identity": self.identity, "columns": self.columns}
+        optional = {"identity": self.identity, "columns": self.columns, "dpo": self.dpo}
         return {"dataset": self.dataset, "data_format": self.data_format, "drop_invalid": self.drop_invalid,
                 "eval_size": self.eval_size, "method": self.method, "values": list(self.fields.values()),
                 **{name: component for name, component in optional.items() if component is not None}}
@@ -87,8 +90,9 @@ class TrainFormInputs:
         """The TrainForm of an event's values (inputs=self.inputs())."""
         got = read(values, self.by_name())
         got["values"] = tuple(got["values"])
-        if "identity" in got:
-            got["identity"] = tuple(got["identity"])
+        for name in ("identity", "dpo"):
+            if name in got:
+                got[name] = tuple(got[name])
         return TrainForm(**got)
 
     def inputs(self) -> set[gr.Component]:
@@ -144,9 +148,10 @@ def build() -> TrainTab:
     initial = {k: field_info(k).default for k in form_keys()} | {"model.base_model": base} | model_defaults(base)
     fields: dict[str, gr.Component] = {}
     with gr.Row():
-        method = gr.Radio([("LoRA", "lora"), ("QLoRA (4-bit base)", "qlora")], value="lora", label="Method",
-                          info=field_help()["model.load_in_4bit"], scale=1)
+        method = gr.Radio([("LoRA", "lora"), ("QLoRA (4-bit base)", "qlora"), ("DPO on preference pairs", "dpo")],
+                          value="lora", label="Method", info=field_help()["model.load_in_4bit"], scale=1)
         fields["model.base_model"] = field_component("model.base_model", base)
+    dpo = train_dpo.build()
     with gr.Row():
         for key in MAIN_FIELDS[1:]:
             fields[key] = field_component(key, initial[key])
@@ -168,7 +173,7 @@ def build() -> TrainTab:
     start_button = gr.Button("Start training", variant="primary")
 
     view = train_progress.build()
-    return TrainTab(method, fields, preview_button, yaml_view, cli_view, start_button, view, memory)
+    return TrainTab(method, fields, preview_button, yaml_view, cli_view, start_button, view, dpo, memory)
 
 
 def wire(tab: TrainTab, demo: gr.Blocks, dataset: gr.State, data_format, drop_invalid, eval_size,
@@ -176,7 +181,10 @@ def wire(tab: TrainTab, demo: gr.Blocks, dataset: gr.State, data_format, drop_in
     """Connect the tab; the dataset settings are the Data tab's (with its Name and Maker fields, `identity`, and
     its column mapping)."""
     private = {"api_visibility": "private"}
-    form = TrainFormInputs(dataset, data_format, drop_invalid, eval_size, tab.method, tab.fields, identity, columns)
+    form = TrainFormInputs(dataset, data_format, drop_invalid, eval_size, tab.method, tab.fields, identity, columns,
+                           tab.dpo.inputs() if tab.dpo else None)
+    if tab.dpo:
+        train_dpo.wire(tab.dpo, tab.method)
     view = tab.view
     model_fields = [tab.fields[k] for k in model_defaults(None)]
     tab.base_model.input(follow_model_defaults, [tab.base_model, *model_fields], model_fields, **private)
@@ -224,13 +232,17 @@ def preview(form: TrainForm):
     """The job as it will run (base model and its defaults resolved) as YAML, and as a command line that rebuilds
     exactly it: --data, --method and --model, then --set for each field the CLI would otherwise resolve differently."""
     dataset = sample_pick.as_trained(form.dataset, *form.identity)
-    config, _ = resolve_job(form_config(dataset, form.data_format, form.drop_invalid, form.eval_size, form.method,
-                                        form.values, form.columns))
+    if form.method == "dpo":  # the pairs' file is made when the run starts; its name stands in here
+        dataset = {"path": "PREFS.jsonl"}
+    config, _ = resolve_job(_for_method(form, form_config(dataset, form.data_format, form.drop_invalid,
+                                                          form.eval_size, form.method, form.values, form.columns)))
     data_path = config.data.path or "DATA.jsonl"
     output = f"runs/{Path(data_path).stem}-{config.method}"
-    given = {"data.path": data_path, "method": config.method, "model.base_model": config.model.base_model}
+    given = {"data.path": data_path, "method": config.method, "model.base_model": config.model.base_model,
+             "model.adapter": config.model.adapter}
     flags = ["python", "-m", "phi3lora", "train", "--data", data_path, "--output", output,
-             "--method", config.method, "--model", config.model.base_model]
+             "--method", config.method, "--model", config.model.base_model,
+             *(["--from-adapter", config.model.adapter] if config.model.adapter else [])]
     for assignment in assignments_for(config, given):
         flags += ["--set", assignment]
     command = (f"# save job.yaml (left), then:\npython -m phi3lora train --config job.yaml --output {shlex.quote(output)}"
@@ -241,6 +253,8 @@ def preview(form: TrainForm):
 @shows_errors
 def start(form: TrainForm, request: gr.Request):
     visitor = require_training(request)
+    if form.method == "dpo":
+        return _start_dpo(form, visitor, request)
     if not form.dataset:
         raise gr.Error("No dataset yet: upload or pick one on the Data tab first.")
     dataset = sample_pick.as_trained(form.dataset, *form.identity)  # the Name and Maker the fields say now
@@ -252,11 +266,27 @@ def start(form: TrainForm, request: gr.Request):
     return RunOnView.of(run_id)
 
 
+def _for_method(form: TrainForm, config: JobConfig) -> JobConfig:
+    """DPO: the parent run's adapter, on the base it was trained on (the form's base model left to it)."""
+    if form.method != "dpo":
+        return config
+    return build_job(values_layer({"model.adapter": form.dpo[0] or None, "model.base_model": None}), base=config)
+
+
+def _start_dpo(form: TrainForm, visitor, request: gr.Request) -> RunOnView:
+    with train_dpo.pairs_file(*form.dpo, request) as (path, note):
+        config = _for_method(form, form_config({"path": str(path)}, "auto", form.drop_invalid, form.eval_size,
+                                               "dpo", form.values))
+        run_id = lifecycle.start_run(config, owner=visitor.owner_key, data_note=note)
+    gr.Info(f"Run {run_id} queued: DPO on the adapter of run {form.dpo[0]}, {note}.")
+    return RunOnView.of(run_id)
+
+
 # --- API ------------------------------------------------------------------------------------------------------
 
 def settings_config(text: str | None) -> JobConfig:
     """A job from a YAML or JSON mapping: sections as in config.yaml ({"training_config": {"max_steps": 6}}),
-    dotted or bare field names ({"max_steps": 6, "peft_config.r": 8}), and `method: lora|qlora`."""
+    dotted or bare field names ({"max_steps": 6, "peft_config.r": 8}), and `method: lora|qlora|dpo`."""
     config = build_job(text_layer(text, "settings"))
     if config.data.path is not None:
         raise ConfigError("give the dataset as dataset_file or dataset, not as data.path in the settings")
@@ -267,13 +297,17 @@ def settings_config(text: str | None) -> JobConfig:
 def start_training(dataset_file: str | None, dataset: str | None, settings: str | None, identity_name: str | None,
                    identity_maker: str | None, request: gr.Request) -> str:
     """Queue a training run. dataset_file: an uploaded file; or dataset: the name (or path) of a dataset that
-    ships with the app. settings: YAML/JSON overrides, e.g. {"model": {"base_model": "demo"},
+    ships with the app, or "votes:RUN_ID" for the blind votes of a run as DPO pairs (with settings
+    {"method": "dpo", "model": {"adapter": RUN_ID}}). settings: YAML/JSON overrides, e.g. {"model": {"base_model": "demo"},
     "training_config": {"max_steps": 6}}. identity_name, identity_maker: the name and maker a fillable sample
     (identity.jsonl) is filled in with (empty: its defaults). Returns the run id."""
     visitor = require_training(request)
     config = settings_config(settings)
     require_allowed_base(config.model.base_model)
+    if config.model.adapter:  # a run id of the visitor's, never a path on the server
+        require_run(request, config.model.adapter.strip())
     folder = uploads_root() / f"api-{secrets.token_hex(12)}"
+    note = None
     try:
         filling = bool((identity_name or "").strip() or (identity_maker or "").strip())
         if dataset_file:
@@ -281,13 +315,16 @@ def start_training(dataset_file: str | None, dataset: str | None, settings: str 
                 raise gr.Error("identity_name and identity_maker fill in a dataset that ships with the app "
                                "(identity.jsonl), not an uploaded file: pass the dataset by its name instead.")
             path = take_upload(dataset_file, folder)
+        elif dataset and dataset.strip().startswith(train_dpo.VOTES):
+            path, note = train_dpo.votes_file(dataset.strip().removeprefix(train_dpo.VOTES), folder, request)
         elif dataset and dataset.strip():
             path = _bundled_path(dataset.strip(), folder, identity_name, identity_maker)
         else:
             raise gr.Error("No dataset: pass dataset_file (an upload) or dataset (one of "
                            f"{', '.join(bundled_datasets()) or 'none here'}).")
         config = build_job(values_layer({"data.path": str(path)}), base=config)
-        return lifecycle.start_run(config, owner=visitor.owner_key)  # snapshots the file into the run folder
+        return lifecycle.start_run(config, owner=visitor.owner_key,  # snapshots the file into the run folder
+                                   data_note=note or (f"from the uploaded file {path.name}" if dataset_file else None))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -202,7 +202,7 @@ def test_turn_lists_are_read_by_their_shape_not_their_key(tmp_path):
 def test_preference_pairs_are_refused_in_one_line_and_detected(tmp_path):
     plain = [{"prompt": f"Pick {i}.", "chosen": "A fine answer.", "rejected": "A poor one."} for i in range(30)]
     message = one_line_refusal(read(tmp_path, plain))
-    assert "preference data" in message and "--columns completion=chosen" in message
+    assert "preference data" in message and "--columns completion=chosen" in message and "--method dpo" in message
     conversational = [{"prompt": turns(("user", "Hi.")), "chosen": turns(("assistant", "Hello!")),
                        "rejected": turns(("assistant", "Go away."))}]
     assert "preference data" in one_line_refusal(read(tmp_path, conversational, "c.jsonl"))

@@ -53,6 +53,8 @@ def test_the_estimate_for_a_shape_counted_by_hand(tiny_model):
     on_gpu = memory_estimate.estimate(_job(tiny_model, "model.dtype=auto", "optim=adamw_8bit"), "cuda")
     assert on_gpu.dtype == "bfloat16" and on_gpu.parts["weights (bfloat16)"] == 1832 * 2
     assert on_gpu.parts["optimizer state"] == 448 * 2 * 1  # bitsandbytes' 8-bit moments
+    preference = memory_estimate.estimate(_job(tiny_model, "training_config.objective=dpo"), "cpu").parts
+    assert abs(preference["activations"] - 2 * parts["activations"]) <= 1  # chosen and rejected rows in one batch
 
 
 def test_a_run_that_would_not_fit_is_refused_before_anything_is_queued_or_loaded(identity_data, tmp_path,

@@ -36,7 +36,7 @@ def client(server):
 def test_api_lists_the_stable_endpoints(client):
     endpoints = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert endpoints == {"/validate_dataset", "/start_training", "/run_status", "/cancel_training", "/compare",
-                         "/memory_estimate"}, \
+                         "/blind_pair", "/blind_vote", "/memory_estimate"}, \
         f"UI events leak into the API: {sorted(endpoints)}"
 
 
