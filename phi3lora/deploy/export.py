@@ -145,7 +145,8 @@ def start_export(run_id: str, dtype: str | None = None, format: str = "merged", 
                               "wait for it to finish")
     folder = _new_export_folder(path / "exports")
     onnx = {"format": "onnx", "precision": precision, "device": device, "verify": verify} if format == "onnx" else {}
-    machine.submit(folder, "export", run=run_id, dtype=dtype, **onnx)
+    machine.submit(folder, "export", run=run_id, dtype=dtype, **onnx,
+                   needs_bitsandbytes=False)  # a QLoRA adapter merges into its base at full precision (merge_and_save)
     return folder.name
 
 

@@ -328,7 +328,8 @@ def start_evaluation(run_id: str, samples: int = DEFAULT_SAMPLES, max_new_tokens
     """Start evaluating a run as a background task and return at once; follow it with evaluation_status."""
     folder = _begin(run_id, samples, max_new_tokens)
     with _one_at_a_time(run_id):
-        machine.submit(folder, "evaluate", run=run_id, samples=samples, max_new_tokens=max_new_tokens)
+        machine.submit(folder, "evaluate", run=run_id, samples=samples, max_new_tokens=max_new_tokens,
+                       needs_bitsandbytes=load_job(registry.run_dir(run_id) / "config.yaml").needs_bitsandbytes)
 
 
 def run_task(folder: Path, request: dict[str, Any]) -> None:
