@@ -131,3 +131,16 @@ def wait_for_run(client, run_id: str, timeout: float) -> dict:
         if info["status"] not in ("queued", "running") or time.monotonic() > deadline:
             return info
         time.sleep(1)
+
+
+def page_event(config: dict, is_trigger, data: list) -> int:
+    """The fn_index of the page event (Gradio's /config "dependencies") that the browser would run: one whose
+    trigger satisfies is_trigger(component, event_name). A component may have several listeners (the Train tab's
+    base model feeds both the defaults and the memory estimate): then the one taking len(data) inputs."""
+    components = {c["id"]: c for c in config["components"]}
+    found = [i for i, d in enumerate(config["dependencies"])
+             if any(is_trigger(components.get(target, {}), event) for target, event in d["targets"])]
+    if len(found) > 1:
+        found = [i for i in found if len(config["dependencies"][i]["inputs"]) == len(data)]
+    assert len(found) == 1, f"{len(found)} page events match {data!r}"
+    return found[0]

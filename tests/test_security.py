@@ -15,7 +15,7 @@ import time
 
 import httpx
 import pytest
-from app_server import app_server
+from app_server import app_server, page_event
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
@@ -34,9 +34,7 @@ def call_page_event(url: str, button: str, data: list, cookies: httpx.Cookies | 
     """Run the event a button of the page triggers, as the browser does (queue/join, then its event stream);
     returns Gradio's process_completed message."""
     config = httpx.get(f"{url}/config", cookies=cookies).json()
-    labels = {c["id"]: c["props"].get("value") for c in config["components"]}
-    [fn_index] = [i for i, d in enumerate(config["dependencies"])
-                  if any(labels.get(target) == button for target, _ in d["targets"])]
+    fn_index = page_event(config, lambda component, _: component.get("props", {}).get("value") == button, data)
     session = secrets.token_hex(8)
     with httpx.Client(timeout=60, cookies=cookies) as http:
         joined = http.post(f"{url}/gradio_api/queue/join", json={

@@ -28,7 +28,7 @@ from pathlib import Path
 import gradio as gr
 import httpx
 import pytest
-from app_server import app_server
+from app_server import app_server, page_event
 
 from conftest import DEMO_MODEL
 
@@ -540,7 +540,7 @@ class Page:
         the warnings the page would pop up)."""
         with httpx.Client(timeout=120, cookies=self.cookies) as http:
             joined = http.post(f"{self.url}/gradio_api/queue/join", json={
-                "data": data, "fn_index": self._event(label, trigger), "session_hash": self.session,
+                "data": data, "fn_index": self._event(label, trigger, data), "session_hash": self.session,
                 "event_data": None, "trigger_id": None})
             assert joined.status_code == 200, joined.text
             warnings = []
@@ -561,11 +561,13 @@ class Page:
         [cached] = sent.json()
         return {"path": cached, "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
 
-    def _event(self, label: str, trigger: str) -> int:
-        named = {c["id"]: str(c["props"].get("label") or c["props"].get("value")) for c in self.config["components"]}
-        [index] = [i for i, d in enumerate(self.config["dependencies"])
-                   if any(named.get(target, "").startswith(label) and event == trigger for target, event in d["targets"])]
-        return index
+    def _event(self, label: str, trigger: str, data: list) -> int:
+        def named(component: dict) -> str:
+            props = component.get("props", {})
+            return str(props.get("label") or props.get("value"))
+
+        return page_event(self.config, lambda component, event: named(component).startswith(label)
+                          and event == trigger, data)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from urllib.parse import urljoin
 
 import httpx
 import pytest
-from app_server import app_server
+from app_server import app_server, page_event
 
 from conftest import copy_home
 from phi3lora.inference import service
@@ -234,13 +234,10 @@ def page_events(url: str, cookies: httpx.Cookies, *events: tuple[str, list]) -> 
     """Run the events buttons of the page trigger, one after another in one session, as the browser does
     (queue/join, then the event stream); returns Gradio's process_completed message of the last."""
     config = httpx.get(f"{url}/config", cookies=cookies).json()
-    labels = {c["id"]: c["props"].get("value") if c["type"] == "button" else c["props"].get("label")
-              for c in config["components"]}
     session = secrets.token_hex(8)
     with httpx.Client(timeout=120, cookies=cookies) as http:
         for button, data in events:
-            [fn_index] = [i for i, d in enumerate(config["dependencies"])
-                          if any(labels.get(target) == button for target, _ in d["targets"])]
+            fn_index = page_event(config, lambda component, _: _label(component) == button, data)
             joined = http.post(f"{url}/gradio_api/queue/join", json={
                 "data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None})
             assert joined.status_code == 200, joined.text
@@ -249,6 +246,12 @@ def page_events(url: str, cookies: httpx.Cookies, *events: tuple[str, list]) -> 
                             for message in [json.loads(line[5:])] if message.get("msg") == "process_completed")
     return done
 
+
+
+def _label(component: dict) -> str | None:
+    """What the page shows a component as: a button's text, any other component's label."""
+    props = component.get("props", {})
+    return props.get("value") if component.get("type") == "button" else props.get("label")
 
 def link_in(done: dict, url: str) -> str:
     """The download link a page event returned: a file's URL, or the href of a link shown on the page."""

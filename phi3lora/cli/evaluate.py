@@ -19,6 +19,9 @@ def add_evaluate_command(subparsers) -> None:
     parser.add_argument("run_id", metavar="RUN_ID")
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="eval conversations to answer (default 8)")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="per sample answer")
+    parser.add_argument("--no-general-chat", dest="general_chat", action="store_false",
+                        help="leave out the forgetting check (base and adapted on the shipped everyday-chat set): "
+                             "on a CPU a full-size model takes minutes over it")
     add_switches(parser, background="evaluate in a background task; follow it with --status",
                  status="show the state of the run's evaluation")
     parser.set_defaults(run=_evaluate_command)
@@ -30,12 +33,12 @@ def _evaluate_command(args) -> int:
         print(json.dumps(status) if args.json else status["status"] + (f": {status['message']}" if status["message"] else ""))
         return 0
     if args.background:
-        start_evaluation(args.run_id, args.samples, args.max_new_tokens)
+        start_evaluation(args.run_id, args.samples, args.max_new_tokens, args.general_chat)
         print(json.dumps({"run": args.run_id, "status": evaluation_status(args.run_id)["status"]}) if args.json
               else f"evaluating {args.run_id} in the background; follow it with --status")
         return 0
     summary = evaluate_run(args.run_id, args.samples, args.max_new_tokens,
-                           log=lambda line: print(line, file=sys.stderr, flush=True))
+                           log=lambda line: print(line, file=sys.stderr, flush=True), general_chat=args.general_chat)
     folder = evaluation_dir(args.run_id)
     if args.json:
         print(json.dumps({**summary, "summary_path": str(folder / "summary.json"),

@@ -113,13 +113,15 @@ def _check_evaluable(run_id: str) -> None:
 # --- the evaluation -----------------------------------------------------------------------------------------
 
 def evaluate_run(run_id: str, samples: int = DEFAULT_SAMPLES, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                 log: Callable[[str], Any] = print, chat: ChatService | None = None) -> dict[str, Any]:
+                 log: Callable[[str], Any] = print, chat: ChatService | None = None,
+                 general_chat: bool = True) -> dict[str, Any]:
     """Evaluate a finished run in this process and write evaluation/; returns the summary. With `chat` (the app's
-    ChatService), the chat model is used when it is the run's base, instead of a second copy."""
+    ChatService), the chat model is used when it is the run's base, instead of a second copy. Without
+    `general_chat`, the forgetting check is left out (on a CPU, a full-size model takes minutes over its set)."""
     folder = _begin(run_id, samples, max_new_tokens)
     with _one_at_a_time(run_id), machine.inline(folder, "evaluate", run=run_id, samples=samples,
-                                                max_new_tokens=max_new_tokens):
-        return _evaluate_into(run_id, folder, samples, max_new_tokens, log, chat)
+                                                max_new_tokens=max_new_tokens, general_chat=general_chat):
+        return _evaluate_into(run_id, folder, samples, max_new_tokens, log, chat, general_chat)
 
 
 def _begin(run_id: str, samples: int, max_new_tokens: int) -> Path:
@@ -144,7 +146,8 @@ def _one_at_a_time(run_id: str):
 
 
 def _evaluate_into(run_id: str, folder: Path, samples: int, max_new_tokens: int,
-                   log: Callable[[str], Any], chat: ChatService | None = None) -> dict[str, Any]:
+                   log: Callable[[str], Any], chat: ChatService | None = None,
+                   general_chat: bool = True) -> dict[str, Any]:
     from .model_thread import on_model_thread
 
     started = time.time()
@@ -154,10 +157,12 @@ def _evaluate_into(run_id: str, folder: Path, samples: int, max_new_tokens: int,
         base_loss, adapted_loss, tokens = on_model_thread(eval_losses, model.model, model.tokenizer, conversations,
                                                           config, adapter)
         log(f"loss over {tokens} tokens: base {base_loss:.4f}, adapted {adapted_loss:.4f}")
-        general = forgetting.general_chat_figures(lambda chats: on_model_thread(
-            eval_losses, model.model, model.tokenizer, chats, config, adapter))
-        log(f"everyday chat, loss over {general['general_chat_tokens']} tokens: base "
-            f"{general['general_chat_base_loss']:.4f}, adapted {general['general_chat_adapted_loss']:.4f}")
+        general = {}
+        if general_chat:
+            general = forgetting.general_chat_figures(lambda chats: on_model_thread(
+                eval_losses, model.model, model.tokenizer, chats, config, adapter))
+            log(f"everyday chat, loss over {general['general_chat_tokens']} tokens: base "
+                f"{general['general_chat_base_loss']:.4f}, adapted {general['general_chat_adapted_loss']:.4f}")
         rows = sample_answers(model, conversations[:samples], max_new_tokens, adapter)
     write_samples(folder / "samples.csv", rows)
     summary = {
@@ -324,17 +329,20 @@ def read_evaluation(run_id: str) -> dict[str, Any] | None:
 
 # --- background -----------------------------------------------------------------------------------------------
 
-def start_evaluation(run_id: str, samples: int = DEFAULT_SAMPLES, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> None:
+def start_evaluation(run_id: str, samples: int = DEFAULT_SAMPLES, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                     general_chat: bool = True) -> None:
     """Start evaluating a run as a background task and return at once; follow it with evaluation_status."""
     folder = _begin(run_id, samples, max_new_tokens)
     with _one_at_a_time(run_id):
         machine.submit(folder, "evaluate", run=run_id, samples=samples, max_new_tokens=max_new_tokens,
+                       general_chat=general_chat,
                        needs_bitsandbytes=load_job(registry.run_dir(run_id) / "config.yaml").needs_bitsandbytes)
 
 
 def run_task(folder: Path, request: dict[str, Any]) -> None:
     """The body of an evaluation task (tasks/kinds.py "evaluate")."""
-    _evaluate_into(request["run"], folder, request["samples"], request["max_new_tokens"], print)
+    _evaluate_into(request["run"], folder, request["samples"], request["max_new_tokens"], print,
+                   general_chat=request.get("general_chat", True))
 
 
 def evaluation_status(run_id: str) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from peft import PeftModel
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
@@ -21,55 +20,23 @@ from .. import data
 from ..config import JobConfig
 from ..data.preferences import read_preferences, to_dpo_rows
 from ..job_builder import write_job_file
-from ..modeling import choose_base_model, load_base_model, load_tokenizer, resolve_dtype, stop_token_ids
+from ..modeling import choose_base_model, load_base_model, load_tokenizer, stop_token_ids
 from ..runs.lineage import find_parent
 from .callbacks import MetricsFile
+from .options import tracker_dirs
+from .setup import PreparedJob, check_memory, early_stopping, keep_lora_in_fp32, shared_arguments
 
 REFERENCE_ADAPTER = "ref"  # the name trl gives the frozen copy
 
 
-def dpo_config(config: JobConfig, output_dir: Path, has_eval: bool, use_cpu: bool) -> DPOConfig:
-    t = config.training_config
-    dtype = str(resolve_dtype(config.model.dtype)).removeprefix("torch.")
-    return DPOConfig(
-        output_dir=str(output_dir / "checkpoints"),
-        beta=t.dpo_beta,
-        num_train_epochs=t.num_train_epochs,
-        max_steps=t.max_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        max_length=t.max_length,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        optim=t.optim,
-        activation_checkpointing=t.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False},
-        dataloader_pin_memory=torch.cuda.is_available(),
-        logging_steps=t.logging_steps,
-        eval_strategy=t.eval_strategy if has_eval else "no",
-        eval_steps=t.eval_steps,
-        save_strategy=t.save_strategy,
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        seed=t.seed,
-        bf16=dtype == "bfloat16",  # trl turns bf16 on by default; on a CPU that is ~35x slower than fp32
-        fp16=dtype == "float16",
-        report_to="none",
-        dataset_num_proc=None,
-        use_cpu=use_cpu,
-    )
+def dpo_config(config: JobConfig, output_dir: Path, has_eval: bool) -> DPOConfig:
+    return DPOConfig(**shared_arguments(config, output_dir, has_eval), beta=config.training_config.dpo_beta)
 
 
-def prepare_dpo(config: JobConfig, output_dir: Path, log=print, callbacks: list[TrainerCallback] = (),
-                use_cpu: bool = False):
+def prepare_dpo(config: JobConfig, output_dir: Path, log=print,
+                callbacks: list[TrainerCallback] = ()) -> PreparedJob:
     """Check the pairs, load the base with the SFT adapter (trainable), and set up trl's DPOTrainer. `config` is
-    resolved (job_builder.resolve_job: its base model is the adapter's). Returns trainer.PreparedJob."""
-    from .trainer import PreparedJob, keep_lora_in_fp32  # trainer imports this module
-
+    resolved (job_builder.resolve_job: its base model is the adapter's)."""
     # 1. The pairs, every record checked before any model loads.
     preferences = read_preferences(config.data.path)
     pairs = preferences.usable(drop_invalid=config.data.drop_invalid)
@@ -82,7 +49,9 @@ def prepare_dpo(config: JobConfig, output_dir: Path, log=print, callbacks: list[
     #    system role).
     base_path = choose_base_model(config.model.base_model).name_or_path
     tokenizer = load_tokenizer(base_path, config.model.trust_remote_code)
-    args = dpo_config(config, output_dir, bool(eval_split), use_cpu)
+    stopping = early_stopping(config, len(eval_split), len(pairs))
+    check_memory(config, log)
+    args = dpo_config(config, output_dir, bool(eval_split))
 
     # 3. The base, and the SFT adapter on it, trainable: DPO continues its LoRA weights.
     parent = find_parent(config.model.adapter)
@@ -96,14 +65,15 @@ def prepare_dpo(config: JobConfig, output_dir: Path, log=print, callbacks: list[
     output_dir.mkdir(parents=True, exist_ok=True)
     if args.process_index == 0:
         write_job_file(config, output_dir)
-    trainer = DPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=_dataset(train_split, tokenizer),
-        eval_dataset=_dataset(eval_split, tokenizer) if eval_split else None,
-        processing_class=tokenizer,
-        callbacks=[MetricsFile(output_dir / "metrics.jsonl"), *callbacks],
-    )
+    with tracker_dirs(output_dir):
+        trainer = DPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=_dataset(train_split, tokenizer),
+            eval_dataset=_dataset(eval_split, tokenizer) if eval_split else None,
+            processing_class=tokenizer,
+            callbacks=[MetricsFile(output_dir / "metrics.jsonl"), *stopping, *callbacks],
+        )
     if REFERENCE_ADAPTER not in trainer.model.peft_config:  # trl fell back to the bare base: say so, never silently
         raise RuntimeError("trl did not copy the SFT adapter as the DPO reference")
     if args.fp16:

@@ -33,14 +33,15 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig, SFTTrainer
 
 from .. import data
-from . import memory_estimate, preflight
+from . import preflight
 from .callbacks import MetricsFile, StopWhenEvalLossStalls
-from .options import TRACKIO_PROJECT, tracker_dirs
+from .options import tracker_dirs
 from .preference import drop_reference, prepare_dpo
+from .setup import PreparedJob, check_memory, early_stopping, keep_lora_in_fp32, shared_arguments
 from ..config import ConfigError, JobConfig
 from ..job_builder import resolve_job, write_job_file
 from ..tasks import launch
-from ..modeling import choose_base_model, load_base_model, load_tokenizer, resolve_dtype, stop_token_ids
+from ..modeling import choose_base_model, load_base_model, load_tokenizer, stop_token_ids
 
 
 @dataclass
@@ -73,21 +74,8 @@ def lora_config(config: JobConfig) -> LoraConfig:
 
 def sft_config(config: JobConfig, output_dir: Path, has_eval: bool) -> SFTConfig:
     t = config.training_config
-    dtype = str(resolve_dtype(config.model.dtype)).removeprefix("torch.")
     return SFTConfig(
-        output_dir=str(output_dir / "checkpoints"),
-        num_train_epochs=t.num_train_epochs,
-        max_steps=t.max_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler_type,
-        warmup_steps=t.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        max_length=t.max_length,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        optim=t.optim,
+        **shared_arguments(config, output_dir, has_eval),
         use_liger_kernel=t.use_liger_kernel,
         assistant_only_loss=t.assistant_only_loss,
         # Packing is padding-free (trl's best-fit-decreasing packing, position ids restarting per conversation:
@@ -95,41 +83,7 @@ def sft_config(config: JobConfig, output_dir: Path, has_eval: bool) -> SFTConfig
         packing=t.packing,
         packing_strategy="bfd",
         train_sampling_strategy="group_by_length" if t.group_by_length and not t.packing else "random",
-        activation_checkpointing=t.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False},
-        dataloader_pin_memory=torch.cuda.is_available(),
-        logging_steps=t.logging_steps,
-        eval_strategy=t.eval_strategy if has_eval else "no",
-        eval_steps=t.eval_steps,
-        save_strategy=t.save_strategy,
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        seed=t.seed,
-        bf16=dtype == "bfloat16",  # trl turns bf16 on by default; on a CPU that is ~35x slower than fp32
-        fp16=dtype == "float16",
-        report_to=t.report_to,  # its logs go into the run folder (options.tracker_dirs)
-        project=TRACKIO_PROJECT,
-        run_name=output_dir.name,
-        # Early stopping keeps the best evaluation's checkpoint as the adapter; its patience survives a resume.
-        load_best_model_at_end=bool(t.early_stopping_patience) and has_eval,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        restore_callback_states_from_checkpoint=bool(t.early_stopping_patience),
-        dataset_num_proc=None,
-        use_cpu=_ranks_on_a_cpu(),  # several processes on a CPU: DDP over gloo (tasks/launch.py)
     )
-
-
-def _ranks_on_a_cpu() -> bool:
-    return launch.in_a_launched_rank() and not torch.cuda.is_available()
-
-
-@dataclass
-class PreparedJob:
-    config: JobConfig  # resolved: base model and model-specific defaults filled in
-    trainer: SFTTrainer
-    train_conversations: int
-    eval_conversations: int
 
 
 def prepare(config: JobConfig, output_dir: Path, log=print, callbacks: list[TrainerCallback] = ()) -> PreparedJob:
@@ -140,7 +94,7 @@ def prepare(config: JobConfig, output_dir: Path, log=print, callbacks: list[Trai
     if config.training_config.use_liger_kernel:
         _check_liger_can_run()
     if config.training_config.objective == "dpo":  # preference pairs on an SFT adapter: training/preference.py
-        return prepare_dpo(config, output_dir, log, callbacks, use_cpu=_ranks_on_a_cpu())
+        return prepare_dpo(config, output_dir, log, callbacks)
 
     # 1. Data: every record checked before any model loads.
     dataset = data.read_dataset(config.data.path, config.data.format, columns=config.data.columns)
@@ -165,13 +119,8 @@ def prepare(config: JobConfig, output_dir: Path, log=print, callbacks: list[Trai
         log(f"note: {len(stats.over_max_length)} conversations exceed max_length {stats.max_length} tokens "
             f"and will be truncated (records {shown})")
 
-    if config.training_config.early_stopping_patience and not eval_split:
-        raise ConfigError(f"training_config.early_stopping_patience: early stopping watches the eval loss, but the "
-                          f"dataset has no eval split ({len(conversations)} usable conversation(s), data.eval_size="
-                          f"{config.data.eval_size:g}): use a larger dataset or eval_size, or early_stopping_patience=0")
-
-    if not launch.in_a_launched_rank():  # one process on its device (ranks of a launch share it: no one figure)
-        log(memory_estimate.check_fits(config))  # refused before the weights load, with the setting that fits
+    stopping = early_stopping(config, len(eval_split), len(conversations))
+    check_memory(config, log)
     # The trainer's settings before the model: under DeepSpeed ZeRO-3 they make transformers load every weight
     # already sharded across the GPUs (zero.Init) rather than whole in each process.
     args = sft_config(config, output_dir, has_eval=bool(eval_split))
@@ -187,9 +136,6 @@ def prepare(config: JobConfig, output_dir: Path, log=print, callbacks: list[Trai
 
     # 4. LoRA on top of the frozen base; trl's SFTTrainer wraps it with peft and renders the chat template (with
     #    assistant_only_loss, the training template preflight chose, which marks the assistant turns).
-    settings = config.training_config
-    stopping = ([StopWhenEvalLossStalls(settings.early_stopping_patience, settings.early_stopping_threshold)]
-                if settings.early_stopping_patience else [])
     with _rendering_with(tokenizer, checked.training_template), tracker_dirs(output_dir):
         trainer = SFTTrainer(
             model=model,
@@ -264,14 +210,6 @@ def _rendering_with(tokenizer, template: str | None):
         yield
     finally:
         tokenizer.chat_template = original
-
-
-def keep_lora_in_fp32(model) -> None:
-    """Under fp16 mixed precision the trainable LoRA weights must be fp32: the gradient scaler refuses fp16
-    gradients, and trl casts a quantized base's adapters to bf16, which a GPU without bf16 only emulates."""
-    for parameter in model.parameters():
-        if parameter.requires_grad and parameter.dtype != torch.float32:
-            parameter.data = parameter.data.float()
 
 
 def _check_liger_can_run() -> None:
