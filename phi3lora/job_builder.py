@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SECTIONS, ConfigError, JobConfig, load_yaml, section_fields, setting_name, shorten
+from .runs.lineage import check_base, find_parent, lora_settings
 
 METHODS = {"lora": False, "qlora": True}  # method -> model.load_in_4bit: the one place the two are mapped
 PREFERENCE_METHODS = ("dpo",)  # method -> training_config.objective (LoRA on the SFT adapter's base)
@@ -194,8 +195,6 @@ def _with_parent_base(config: JobConfig) -> JobConfig:
     if not config.model.adapter:
         raise ConfigError("model.adapter: DPO continues a finished SFT adapter: pass --from-adapter RUN_OR_DIR "
                           "(a run id or an adapter folder)")
-    from .runs.lineage import check_base, find_parent, lora_settings
-
     parent = find_parent(config.model.adapter)
     check_base(parent, config.model.base_model)
     filled = {} if config.model.base_model or not parent.base_model else {"model.base_model": parent.base_model}

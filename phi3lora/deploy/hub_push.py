@@ -29,7 +29,10 @@ from typing import Callable
 
 from ..errors import UserError, shorten
 from ..runs import registry
+from ..tasks.machine import COMPLETED
 from . import model_card
+from .export import export_status, start_export, wait_for_export
+from .merge import merge_and_save
 from .space_hub import check_online, hub_step, read_token, size_text
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -99,8 +102,6 @@ def push_adapter(adapter_dir: str | Path, options: HubPushOptions, log: Callable
     facts = model_card.gather(folder, None)
     if not options.merged:
         return _upload(adapter_upload(folder, facts, options.repo), options, token, log, folder.name)
-    from .export import merge_and_save
-
     with tempfile.TemporaryDirectory(prefix="phi3lora-merge-") as tmp:
         model_dir = merge_and_save(folder, Path(tmp) / "model", log=log)
         return _upload(merged_upload(model_dir, facts, options.repo), options, token, log, folder.name)
@@ -155,9 +156,6 @@ def _adapter_config(path: Path, facts: model_card.CardFacts) -> bytes:
 
 def merged_export(run_id: str, log: Callable[[str], object], export_if_missing: bool) -> Path:
     """The run's newest completed merged export made from its current adapter, or (when allowed) a new one."""
-    from ..tasks.machine import COMPLETED
-    from .export import export_status, start_export, wait_for_export
-
     saved = (registry.run_dir(run_id) / "adapter_model.safetensors").stat().st_mtime
     for info in reversed(export_status(run_id)):
         if info["status"] == COMPLETED and info["path"] and (info["finished_at"] or 0) >= saved \

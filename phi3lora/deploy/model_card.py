@@ -22,7 +22,9 @@ from typing import Any
 
 import yaml
 
+from .. import data
 from ..base_model import DEMO_MODEL_DIR, model_file
+from ..inference import votes
 from ..tasks.records import read_record
 
 HUB_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
@@ -90,8 +92,6 @@ def gather(folder: Path, run_id: str | None) -> CardFacts:
         training=_read_json(folder / "summary.json"), config=_shareable_config(config, dataset_name))
     if run_id:
         facts.evaluation = _current_evaluation(folder)
-        from ..inference import votes
-
         tally = votes.win_rate(run_id)
         facts.win_rate = tally if tally.votes else None
     return facts
@@ -155,8 +155,6 @@ def _dataset_format(snapshot: Path | None, data_section: dict) -> str | None:
         return chosen
     if snapshot is None:
         return None
-    from .. import data
-
     try:  # the format the run's reader detected: the same reading, of the same snapshot
         return data.read_dataset(snapshot, "auto", columns=data_section.get("columns")).format
     except Exception:  # a card without the format is better than no push

@@ -27,6 +27,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import UserError
+from ..runs import registry
+from ..tasks.records import read_record, write_record
+from . import onnx_verify
+from .merge import ExportError, merge_and_save
 
 # The builder's valid pairs ("FP32 CPU, FP32 CUDA, FP16 CUDA, INT4 CPU, INT4 CUDA", printed by the builder itself)
 PRECISIONS = ("int4", "fp16", "fp32")
@@ -63,8 +67,6 @@ def export_onnx(adapter_dir: str | Path, out_dir: str | Path, precision: str = "
                 log: Callable[[str], Any] = print) -> Path:
     """Merge the adapter into its base (deploy/export.py, into a temporary folder), convert that with the builder
     into `out_dir`, and write the README. Returns `out_dir`."""
-    from .export import ExportError, merge_and_save
-
     check_request(precision, device)
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -117,8 +119,6 @@ class _Lines(io.TextIOBase):
 
 
 def readme(adapter_dir: Path, out_dir: Path, precision: str, device: str) -> str:
-    from ..tasks.records import read_record
-
     run = read_record(adapter_dir / "run.json") or {}
     trained = f"phi3lora run {run['id']} ({adapter_dir})" if run.get("id") else str(adapter_dir)
     provider = "" if device == "cpu" else \
@@ -157,9 +157,6 @@ The base model's license applies to this model.
 def run_task(folder: Path, request: dict[str, Any]) -> None:
     """The body of an ONNX export task (a kind "export" task whose request says format "onnx"): export, then check
     the export against torch (onnx_verify.py) into verify.json. A half-written export is removed on failure."""
-    from ..runs import registry
-    from ..tasks.records import write_record
-    from . import onnx_verify
 
     out_dir = folder / ONNX_FOLDER
     adapter_dir = registry.run_dir(request["run"])

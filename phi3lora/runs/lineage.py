@@ -12,6 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import JobConfig, load_yaml
 from ..errors import UserError
 from . import registry
 
@@ -52,10 +53,9 @@ def find_parent(adapter: str) -> Parent:
 
 def _base_model(adapter_dir: Path) -> str | None:
     """The base the adapter was trained on: its run's job says it portably ("demo"); else adapter_config.json."""
-    if (adapter_dir / "config.yaml").is_file():
-        from ..job_builder import load_job  # the job builder imports this module
-
-        return load_job(adapter_dir / "config.yaml").model.base_model
+    job = adapter_dir / "config.yaml"
+    if job.is_file():  # as the run wrote it: whole, so no layers to build (job_builder builds jobs from this module)
+        return JobConfig.from_dict(load_yaml(job.read_text(encoding="utf-8"), job.name)).model.base_model
     try:
         values = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
