@@ -538,9 +538,12 @@ class Page:
     def run(self, label: str, trigger: str, data: list) -> tuple[dict, list[str]]:
         """Run the event `trigger` of the component labelled `label`: (Gradio's process_completed message,
         the warnings the page would pop up)."""
+        return self.run_event(self._event(label, trigger, data), data)
+
+    def run_event(self, fn_index: int, data: list) -> tuple[dict, list[str]]:
         with httpx.Client(timeout=120, cookies=self.cookies) as http:
             joined = http.post(f"{self.url}/gradio_api/queue/join", json={
-                "data": data, "fn_index": self._event(label, trigger, data), "session_hash": self.session,
+                "data": data, "fn_index": fn_index, "session_hash": self.session,
                 "event_data": None, "trigger_id": None})
             assert joined.status_code == 200, joined.text
             warnings = []
@@ -618,5 +621,34 @@ def test_an_outsiders_base_model_names_load_nothing_and_tell_nothing(space, tmp_
         answers[what] = [the_same_whatever_the_name(w) for w in warnings]
     assert len({json.dumps(a) for a in answers.values()}) == 1, answers
     assert [w for w in next(iter(answers.values())) if "not available" in w]
+    assert str(tmp_path) not in json.dumps(answers)
+    assert hub.connections == connections_before, "an outsider's base model name made the server call the hub"
+
+
+def test_an_outsiders_base_model_gets_no_memory_estimate_and_tells_nothing(space, tmp_path):
+    """The Train tab's memory line and /memory_estimate read the base model's config.json (from the hub, for a
+    repository id): for a name off the allow-list both refuse alike, whatever it names, and the hub is not called,
+    even for bob, who may train."""
+    server, hub = space
+    bob = Page(server.url, "bob")
+    components = {c["id"]: c for c in bob.config["components"]}
+    [(line_event, inputs)] = [  # the memory line's listener: the Train tab's whole form, base model included
+        (i, d["inputs"]) for i, d in enumerate(bob.config["dependencies"]) if len(d["inputs"]) > 20
+        and any(components[target]["props"].get("label") == "base model" and event == "change"
+                for target, event in d["targets"])]
+    [base_input] = [n for n, c in enumerate(inputs) if components[c]["props"].get("label") == "base model"]
+    [api_event] = [i for i, d in enumerate(bob.config["dependencies"]) if d.get("api_name") == "memory_estimate"]
+    connections_before = hub.connections
+    answers = {}
+    for what, name in probes(tmp_path).items():
+        form = [components[c]["props"].get("value") for c in inputs]
+        form[base_input] = name
+        line, _ = bob.run_event(line_event, form)
+        api, _ = bob.run_event(api_event, [json.dumps({"model": {"base_model": name}})])
+        assert line["success"] and not api["success"], (what, line, api)
+        answers[what] = [the_same_whatever_the_name(line["output"]["data"][0]),
+                         the_same_whatever_the_name(api["output"]["error"])]
+    assert len({json.dumps(a) for a in answers.values()}) == 1, answers
+    assert all("is not available on this server" in answer for answer in next(iter(answers.values())))
     assert str(tmp_path) not in json.dumps(answers)
     assert hub.connections == connections_before, "an outsider's base model name made the server call the hub"

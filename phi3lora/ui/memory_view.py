@@ -10,7 +10,8 @@ from ..errors import UserError
 from ..job_builder import build_job, resolve_job, text_layer, values_layer
 from ..training import memory_estimate
 from .common import shows_errors
-from .visitors import require_training
+from .visitors import require_allowed_base, require_training
+
 
 def build(initial: dict[str, Any]) -> gr.Markdown:
     """The line, for the form's initial values (a LoRA job): shown at once, before any change."""
@@ -24,7 +25,7 @@ def wire(view: gr.Markdown, method: gr.Component, fields: dict[str, gr.Component
 
     def on_change(method_value: str, *values: Any) -> str:
         form = {key: None if isinstance(value, str) and not value.strip() else value for key, value in zip(keys, values)}
-        return _text(lambda: build_job(values_layer({**form, "method": method_value})))
+        return _text(lambda: _allowed(build_job(values_layer({**form, "method": method_value}))))
 
     gr.on([component.change for component in components], on_change, components, [view],
           api_visibility="private", show_progress="hidden", queue=False)
@@ -43,8 +44,15 @@ def memory_estimate_api(settings: str | None, request: gr.Request) -> dict:
     component, the memory free for it, whether it fits, and the sentence the Train tab shows (with the setting that
     would make it fit)."""
     require_training(request, "estimate a run's memory")
-    config, _ = resolve_job(build_job(text_layer(settings, "settings")))
+    config, _ = resolve_job(_allowed(build_job(text_layer(settings, "settings"))))
     return memory_estimate.report(config)
+
+
+def _allowed(job):
+    """The job, once its base model is one this server may read: the estimate reads the base's config.json (from
+    the hub, for a repository id), and an outsider's name must make it read nothing and tell nothing."""
+    require_allowed_base(job.model.base_model)
+    return job
 
 
 def _text(job) -> str:
@@ -52,5 +60,5 @@ def _text(job) -> str:
         config, _ = resolve_job(job())
         found = memory_estimate.report(config)
     except UserError as error:
-        return f"memory estimate: not yet ({str(error)[:200]})"
+        return f"memory estimate: not yet ({str(error)[:1000]})"  # a UserError's message is short already
     return ("**Will not fit:** " if found["fits"] is False else "") + found["message"]
