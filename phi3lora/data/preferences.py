@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import shorten
-from .dataset import DatasetError, Problem
+from .dataset import Problem
 from .files import Unreadable, read_rows
 from .turns import Turn, check_turns
-from .using import MAX_LISTED_PROBLEMS
+from .using import usable_records
 from .wording import describe
 
 MAX_TEXT_CHARS = 1_000_000  # far past what max_length lets train; a text this long is a mistake or an attack
@@ -47,14 +47,7 @@ class PreferenceData:
 
     def usable(self, drop_invalid: bool = False) -> list[PreferencePair]:
         """The good pairs; refuses a file with problems unless drop_invalid, and one with no pair left."""
-        if not self.pairs:
-            raise DatasetError(f"{self.path.name} has no usable preference pairs:\n{_listed(self.problems)}",
-                               self.problems)
-        if self.problems and not drop_invalid:
-            raise DatasetError(f"{self.path.name} has {len(self.problems)} problem(s):\n{_listed(self.problems)}\n"
-                               "Fix them, or pass drop_invalid / --drop-invalid to skip the invalid records.",
-                               self.problems)
-        return list(self.pairs)
+        return usable_records(self.path, self.pairs, self.problems, "preference pairs", drop_invalid)
 
 
 def read_preferences(path: str | Path) -> PreferenceData:
@@ -174,10 +167,3 @@ def _renamed(turn: Turn, name: str) -> Turn:
     if turn.role != "assistant":
         raise _Refused(f"{name}: the answer must be an assistant message, found {turn.name}")
     return Turn.named(name, "assistant", turn.content)
-
-
-def _listed(problems: list[Problem]) -> str:
-    lines = [f"  {problem}" for problem in problems[:MAX_LISTED_PROBLEMS]]
-    if len(problems) > MAX_LISTED_PROBLEMS:
-        lines.append(f"  ... and {len(problems) - MAX_LISTED_PROBLEMS} more")
-    return "\n".join(lines)

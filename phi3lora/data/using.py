@@ -10,6 +10,7 @@ import math
 import random
 import statistics
 from dataclasses import asdict
+from pathlib import Path
 
 from ..config import DEFAULT_MAX_LENGTH, eval_size_problem
 from ..errors import shorten
@@ -22,15 +23,21 @@ MAX_LISTED_PROBLEMS = 20  # a refusal lists this many problems, then how many mo
 
 def usable_conversations(ds: LoadedDataset, drop_invalid: bool = False) -> list[Conversation]:
     """The good conversations; refuses a dataset with problems unless drop_invalid, and one with none left."""
-    if not ds.conversations:
-        raise DatasetError(f"{ds.path.name} has no usable conversations:\n{_listed(ds.problems)}", ds.problems)
-    if ds.problems and not drop_invalid:
+    return usable_records(ds.path, ds.conversations, ds.problems, "conversations", drop_invalid)
+
+
+def usable_records(path: Path, good: list, problems: list[Problem], what: str, drop_invalid: bool) -> list:
+    """The good records of a file (`what`: "conversations", "preference pairs"); refuses a file with problems
+    unless drop_invalid, and one with none left, listing the first problems."""
+    if not good:
+        raise DatasetError(f"{path.name} has no usable {what}:\n{_listed(problems)}", problems)
+    if problems and not drop_invalid:
         raise DatasetError(
-            f"{ds.path.name} has {len(ds.problems)} problem(s):\n{_listed(ds.problems)}\n"
+            f"{path.name} has {len(problems)} problem(s):\n{_listed(problems)}\n"
             "Fix them, or pass drop_invalid / --drop-invalid to skip the invalid records.",
-            ds.problems,
+            problems,
         )
-    return list(ds.conversations)
+    return list(good)
 
 
 def _listed(problems: list[Problem]) -> str:

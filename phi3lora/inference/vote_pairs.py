@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.preferences import PreferencePair, to_dpo_rows
 from ..errors import UserError
 from ..runs import registry
 from ..tasks import records
@@ -61,8 +62,7 @@ def vote_pairs(run_id: str) -> VotePairs:
         system = vote.get("system") or ""
         prompt = ([{"role": "system", "content": system}] if system.strip() else []) + [
             {"role": "user", "content": vote["prompt"]}]
-        found.rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
-                           "rejected": [{"role": "assistant", "content": rejected}]})
+        found.rows += to_dpo_rows([PreferencePair(len(found.rows) + 1, prompt, chosen, rejected)])
     return found
 
 
