@@ -15,13 +15,12 @@ def dry_run(config: JobConfig, as_json: bool = False) -> int:
     from ..training import memory_estimate
 
     config, note = resolve_job(config)
-    dataset = data.read_dataset(config.data.path, config.data.format, columns=config.data.columns)
-    conversations = data.usable_conversations(dataset, drop_invalid=config.data.drop_invalid)
+    examples, what = data.usable_examples(config)  # conversations, or a DPO job's preference pairs
     found = memory_estimate.report(config)
     if as_json:
-        print(json.dumps({"job": config.to_dict(), "conversations": len(conversations), "memory": found}))
+        print(json.dumps({"job": config.to_dict(), "conversations": examples, "memory": found}))
     else:
-        print(f"# {config.method}: {note}; {len(conversations)} usable conversations in {dataset.format} format")
+        print(f"# {config.method}: {note}; {examples} usable {what}")
         print(config.to_yaml(), end="")
         estimate = found["estimate"]
         if estimate:

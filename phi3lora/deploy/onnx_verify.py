@@ -82,17 +82,12 @@ def summary(result: dict[str, Any]) -> str:
 
 def _torch_model(adapter_dir: Path):
     """The base in fp32 on the CPU with the adapter attached (peft), its tokenizer and its stop tokens."""
-    from peft import PeftModel
-
-    from ..inference.adapters import adapter_settings
-    from ..modeling import choose_base_model, load_base_model, load_tokenizer, stop_token_ids
+    from ..inference.adapters import adapter_settings, load_with_adapters
+    from ..modeling import stop_token_ids
 
     base_name, settings = adapter_settings(adapter_dir, check_base=False)
     settings = settings.model_copy(update={"load_in_4bit": False, "dtype": "float32"})
-    base = choose_base_model(base_name)
-    tokenizer = load_tokenizer(base.name_or_path, settings.trust_remote_code)
-    model = load_base_model(settings, base.name_or_path, on_cpu=True)
-    model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    model, tokenizer = load_with_adapters(base_name, {"adapted": adapter_dir}, settings, on_cpu=True)
     model.config.use_cache = True
     return model, tokenizer, set(stop_token_ids(tokenizer))
 

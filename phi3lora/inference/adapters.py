@@ -58,13 +58,15 @@ def _peft_base(adapter_config: Path) -> str | None:
     return base if isinstance(base, str) and base else None
 
 
-def load_with_adapters(base_model: str | None, adapters: dict[str, str | Path], settings: ModelSettings | None = None):
-    """One base model in memory with each adapter attached under its name. Returns (model, tokenizer)."""
+def load_with_adapters(base_model: str | None, adapters: dict[str, str | Path], settings: ModelSettings | None = None,
+                       on_cpu: bool = False):
+    """One base model in memory (on the CPU with `on_cpu`) with each adapter attached under its name. Returns
+    (model, tokenizer)."""
     settings = settings or ModelSettings()
     name_or_path = choose_base_model(base_model).name_or_path
     tokenizer = load_tokenizer(name_or_path, settings.trust_remote_code)
     tokenizer.padding_side = "left"  # generation continues from the right edge of every row
-    model = load_base_model(settings, name_or_path)
+    model = load_base_model(settings, name_or_path, on_cpu=on_cpu)
     for index, (name, path) in enumerate(adapters.items()):
         if index == 0:
             model = PeftModel.from_pretrained(model, str(path), adapter_name=name)

@@ -14,7 +14,6 @@ from pathlib import Path
 from .. import data
 from ..policy import limits
 from . import registry
-from ..data.preferences import read_preferences
 from .lineage import find_parent, lineage_record, snapshot as snapshot_parent
 from ..policy.allowed_models import remote_code_allowed
 from ..config import JobConfig
@@ -125,11 +124,7 @@ def start_run(config: JobConfig, owner: str | None = None, processes: int | None
     `data_note` saying where its pairs came from (the votes of a run, and what they left out)."""
     if not config.data.path:
         raise UserError("no dataset: set data.path (--data)")
-    if config.training_config.objective == "dpo":  # preference pairs, not conversations
-        pairs = len(read_preferences(config.data.path).usable(drop_invalid=config.data.drop_invalid))
-    else:
-        dataset = data.read_dataset(config.data.path, config.data.format, columns=config.data.columns)
-        data.usable_conversations(dataset, drop_invalid=config.data.drop_invalid)  # refuse bad data now, not in a failed run
+    examples, _ = data.usable_examples(config)  # refuse bad data now, not in a failed run
     _check_launch(config, processes, accelerate_config)  # a missing package, too many processes: before any work
     from ..job_builder import resolve_job, write_job_file  # here, not at the top: it imports torch (model defaults)
 
@@ -148,7 +143,7 @@ def start_run(config: JobConfig, owner: str | None = None, processes: int | None
     if config.training_config.objective == "dpo":  # the parent's adapter, snapshot as the dataset is
         parent = find_parent(config.model.adapter)
         config.model.adapter = str(snapshot_parent(parent, path))
-        lineage = lineage_record(parent, pairs, data_note)
+        lineage = lineage_record(parent, examples, data_note)
     write_job_file(config, path)  # the one writing of the run's job; its trainer reads it and leaves it as it is
     write_record(path / "run.json", {
         "id": run_id, "created_at": time.time(), "method": config.method,

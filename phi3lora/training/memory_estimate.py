@@ -25,8 +25,9 @@ from pathlib import Path
 
 from .. import settings
 from ..base_model import choose_base_model, cuda_available, model_file
-from ..config import JobConfig
+from ..config import PHI3_LINEAR_MODULES, JobConfig
 from ..errors import UserError
+from ..job_builder import build_job, values_layer
 from ..tasks import gpu_memory
 
 GB = 1024**3
@@ -157,13 +158,11 @@ def estimate(config: JobConfig, device: str | None = None, shape: Shape | None =
     rows = t.per_device_train_batch_size * (2 if t.objective == "dpo" else 1)  # DPO: each pair's chosen and rejected
     tokens = rows * t.max_length  # a batch of the longest rows: padded or packed to max_length
 
-    linear = shape.layers * sum(i * o for i, o in map(shape.lora_dimensions, ("qkv_proj", "o_proj", "gate_up_proj",
-                                                                             "down_proj")))
+    linear = shape.layers * sum(i * o for i, o in map(shape.lora_dimensions, PHI3_LINEAR_MODULES))
     counted = gpu_memory.parameter_counts(_base_path(config))  # the stored count where the weights are here
     total_parameters = counted[0] if counted else linear + 2 * shape.vocab * shape.hidden
     rest = max(0, total_parameters - linear)  # embedding, lm_head, norms: never quantised
-    modules = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj") if p.target_modules == ["all-linear"] \
-        else p.target_modules
+    modules = PHI3_LINEAR_MODULES if p.target_modules == ["all-linear"] else p.target_modules
     lora = sum(p.r * sum(shape.lora_dimensions(m)) * (1 if m == "embed_tokens" else shape.layers) for m in modules)
     lora_bytes = 4  # peft keeps adapter weights in fp32 (autocast_adapter_dtype), and their gradients too
     adam_bytes = 1 if t.optim.endswith("8bit") else 4  # bitsandbytes' 8-bit states, else fp32 moments
@@ -175,7 +174,7 @@ def estimate(config: JobConfig, device: str | None = None, shape: Shape | None =
         parts["weights (4-bit NF4)"] = int(linear * gpu_memory.NF4_BYTES + rest * each)
         # bitsandbytes dequantises a weight to the compute dtype for each matmul: the largest one, twice at once (the
         # backward's copy while the forward's is freed); measured on Phi-3-mini's widths, 0.83x of the peak without it
-        largest = max(i * o for i, o in map(shape.lora_dimensions, ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")))
+        largest = max(i * o for i, o in map(shape.lora_dimensions, PHI3_LINEAR_MODULES))
         parts["4-bit weights dequantised"] = 2 * largest * each
     else:
         parts[f"weights ({dtype})"] = total_parameters * each
@@ -294,8 +293,6 @@ def _halvings(value: int, least: int = 1) -> list[int]:
 
 def suggestion(config: JobConfig, device: str, free: int) -> str | None:
     """The first change (in _changes' order) whose own estimate fits in `free` bytes, as settings and its figure."""
-    from ..job_builder import build_job, values_layer
-
     shape = model_shape(config)
     for change in _changes(config):
         changed = build_job(values_layer(change), base=config)
