@@ -156,14 +156,14 @@ def main(argv=None) -> dict:
         return result
     with tempfile.TemporaryDirectory(prefix="phi3lora-memory-") as work:
         results = cases(Path(work), args.only, args.steps)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
     print(f"\n{'case':<52}{'estimate':>10}{'measured':>10}{'ratio':>7}")
     for name, r in results.items():
         if "skipped" in r:
             print(f"{name:<52} skipped: {r['skipped']}")
-            continue
-        print(f"{name:<52}{r['estimate_gb']:>8.2f}GB{r['measured_gb']:>8.2f}GB{r['ratio']:>7.2f}")
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+        else:
+            print(f"{name:<52}{r['estimate_gb']:>8.2f}GB{r['measured_gb']:>8.2f}GB{r['ratio']:>7.2f}")
     return results
 
 

@@ -6,6 +6,7 @@ import logging
 import secrets
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -121,10 +122,14 @@ def wire(tab: DataTab, state: AppState, upload_dir: gr.State, base_model: gr.Com
          [tab.dataset, upload_dir, samples.identity]),
         (tab.hub_button.click, use_hub, [tab.hub_id, upload_dir], elsewhere),
         (tab.hub_id.submit, use_hub, [tab.hub_id, upload_dir], elsewhere),
-        *[(event, sample_pick.refill, [tab.dataset, samples.name, samples.maker], [tab.dataset])
-          for field in (samples.name, samples.maker) for event in (field.submit, field.blur)],
+        # One listener for both fields, so an edit made while the last one is still being analysed is run after
+        # it (always_last) rather than beside it: two listeners raced, and the older preview could land last.
+        (partial(gr.on, [e for field in (samples.name, samples.maker) for e in (field.submit, field.blur)],
+                 trigger_mode="always_last"),
+         sample_pick.refill, [tab.dataset, samples.name, samples.maker], [tab.dataset]),
     ]:
-        event(fn, inputs, outputs, **private).success(analyse_, analyse_inputs, shown, **private)
+        event(fn, inputs, outputs, **private).success(analyse_, analyse_inputs, shown, trigger_mode="always_last",
+                                                      **private)
     for event in (tab.data_format.input, tab.columns.submit, tab.columns.blur):
         event(analyse_, analyse_inputs, shown, **private)
     base_model.change(analyse_, analyse_inputs, shown, **private)

@@ -107,3 +107,18 @@ def test_the_run_on_view_remembers_what_it_showed():
     on_view = RunOnView(watcher)
     assert on_view.run_id == "20261123-170102-a1b2c3" and on_view.shown_points is None
     assert vars(watcher) == {"run_id": "20261123-170102-a1b2c3"}  # nothing patched onto the watcher
+
+
+def test_name_and_maker_edits_are_analysed_in_the_order_typed(tmp_path, monkeypatch):
+    """The identity sample's Name and Maker fields: an edit made while the previous one is still being filled in and
+    analysed runs after it, never beside it. With a listener per field, a preview of the name alone could land after
+    the preview of name and maker (seen in the browser), and stay on screen."""
+    monkeypatch.setenv("PHI3LORA_HOME", str(tmp_path))
+    app = build_app()
+    labels = {id_: getattr(block, "label", None) for id_, block in app.blocks.items()}
+    dependencies = app.config["dependencies"]
+    [refill] = [d for d in dependencies if {labels.get(target) for target, _ in d["targets"]} == {"Name", "Maker"}]
+    assert sorted(event for _, event in refill["targets"]) == ["blur", "blur", "submit", "submit"]
+    [analyse] = [d for d in dependencies if d["trigger_after"] == refill["id"]]
+    assert refill["trigger_mode"] == analyse["trigger_mode"] == "always_last"
+    assert analyse["trigger_only_on_success"]
