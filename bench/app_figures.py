@@ -29,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 IDENTITY = REPO / "phi3lora" / "samples" / "identity.jsonl"  # uploaded: a sample of the project's own
+NO_IDENTITY = (None, None)  # /start_training's Name and Maker: a raw call sends every input
 
 import httpx
 import psutil
@@ -141,9 +142,9 @@ def run_status_latency(quick: bool, **env: str) -> list[dict]:
     n = 60 if quick else 200
     with tempfile.TemporaryDirectory() as tmp, app_server(Path(tmp), **env) as server, \
             httpx.Client(base_url=server.url, timeout=60) as client:
-        finished = answer(client, "start_training", upload(client, IDENTITY), None, FINISHED_RUN[quick])
+        finished = answer(client, "start_training", upload(client, IDENTITY), None, FINISHED_RUN[quick], *NO_IDENTITY)
         info = wait_for(client, finished, lambda i: i["status"] == "completed", timeout=300)
-        training = answer(client, "start_training", upload(client, IDENTITY), None, LONG_RUN)
+        training = answer(client, "start_training", upload(client, IDENTITY), None, LONG_RUN, *NO_IDENTITY)
         first = wait_for(client, training, lambda i: i["status"] == "running" and i["step"] >= 1, timeout=180)
         trainer_nice = psutil.Process(first["pid"]).nice()
         idle, busy = idle_and_training_latencies(client, finished, training, first["pid"], n)

@@ -2,6 +2,7 @@
 gradio stays in the UI, the processes that start, list and watch background work load no torch, and every module
 stays small enough to read in one sitting."""
 import ast
+import os
 import subprocess
 import sys
 
@@ -52,3 +53,14 @@ def test_starting_listing_and_watching_background_work_loads_no_torch(module):
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", f"{module} loads {done.stdout.strip()}"
+
+
+def test_the_app_serves_its_page_before_torch_loads(tmp_path):
+    """A Space's cold start: building the app imports neither torch nor transformers nor peft; the first chat,
+    evaluation or training does."""
+    code = ("import sys; from phi3lora.ui import build_app; build_app(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "PHI3LORA_HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout

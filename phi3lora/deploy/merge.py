@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import UserError
+from ..inference.adapter_info import AdapterError, adapter_settings
 from ..tasks.records import read_record
 
 
@@ -31,7 +32,6 @@ def merge_and_save(adapter_dir: str | Path, out_dir: str | Path, log: Callable[[
     saved in the precision the base loads in for that run (bf16 or fp16 on a GPU, fp32 on a CPU)."""
     from peft import PeftModel
 
-    from ..inference.adapters import AdapterError, adapter_settings
     from ..modeling import choose_base_model, load_base_model, load_tokenizer, resolve_dtype, stop_token_ids
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..inference.adapter_info import adapter_settings
+
 DEFAULT_PROMPTS = ("Who are you?", "What can you do?", "Who made you?")
 MAX_NEW_TOKENS = 32  # enough to see an answer part from torch's; torch on a CPU is the slow side
 
@@ -82,7 +84,7 @@ def summary(result: dict[str, Any]) -> str:
 
 def _torch_model(adapter_dir: Path):
     """The base in fp32 on the CPU with the adapter attached (peft), its tokenizer and its stop tokens."""
-    from ..inference.adapters import adapter_settings, load_with_adapters
+    from ..inference.adapters import load_with_adapters
     from ..modeling import stop_token_ids
 
     base_name, settings = adapter_settings(adapter_dir, check_base=False)

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from .. import settings
 from ..policy import limits
-from .adapters import AdapterError, adapter_settings
-from ..modeling import choose_base_model
+from .adapter_info import AdapterError, adapter_settings
+from ..base_model import choose_base_model
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "config.yaml")  # all we ever extract
 WEIGHTS = "adapter_model.safetensors"

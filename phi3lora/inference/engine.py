@@ -32,7 +32,8 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from ..policy import limits
-from .adapters import BASE, AdapterError, adapter_settings, chat_prompt, load_with_adapters
+from .adapter_info import BASE, AdapterError, adapter_settings
+from .adapters import chat_prompt, load_with_adapters
 from ..config import ModelSettings
 from .few_rows import few_row_linears
 from ..policy.limits import LimitExceeded

@@ -53,6 +53,8 @@ from ..tasks.machine import ACTIVE
 from ..tasks.records import read_record, write_record
 from ..job_builder import load_job
 from . import forgetting
+from .adapter_info import BASE
+from ..base_model import choose_base_model
 
 if TYPE_CHECKING:  # the service imports torch; an evaluation is handed one, never imports it
     from .service import ChatService
@@ -188,7 +190,6 @@ def _model_with_adapter(run_id: str, config: JobConfig, chat: ChatService | None
     settings (no second copy in memory), else a copy of our own, loaded once the GPU's owner (tasks/gpu_memory.py)
     has made room, and held in its ledger while in use."""
     from .engine import SideBySide
-    from ..modeling import choose_base_model
 
     with chat.lend(chat.resolve([f"run:{run_id}"])[0]) if chat is not None else nullcontext() as lent:
         if lent is not None:
@@ -273,8 +274,6 @@ def eval_losses(model, tokenizer, conversations: list[data.Conversation],
 def sample_answers(side_by_side, conversations: list[data.Conversation], max_new_tokens: int,
                    adapter: str = ADAPTED) -> list[dict[str, str]]:
     """Greedy answers of base and adapted to each conversation's last user turn (history and system message kept)."""
-    from .engine import BASE
-
     rows = []
     for start in range(0, len(conversations), GENERATE_BATCH):
         chunk = conversations[start:start + GENERATE_BATCH]

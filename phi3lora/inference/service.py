@@ -22,21 +22,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
-import torch
 
 from . import adapter_zip
 from ..runs import lifecycle
 from ..policy import limits
 from .. import settings as env_settings  # "settings" names a model's settings here
 from ..policy.allowed_models import BaseModelNotAllowed
-from .adapters import BASE, AdapterError, adapter_settings
+from .adapter_info import BASE, AdapterError, adapter_settings
 from ..config import ModelSettings
 from ..errors import UserError
-from ..modeling import choose_base_model
-from .engine import SideBySide
-from ..tasks import gpu_memory, machine
+from ..base_model import choose_base_model
+from ..tasks import failures, gpu_memory, machine
+
+if TYPE_CHECKING:
+    from .engine import SideBySide
 
 BASE_COLUMN = "base"
 ADAPTER_ZIP_MEMBERS = adapter_zip.ADAPTER_FILES  # all we ever extract or fetch
@@ -163,6 +165,14 @@ def check_memory(name_or_path: str, settings: ModelSettings) -> int | None:
         + (f" (held by {held})" if held else "") + f". Try again later: {hint}.")
 
 
+def side_by_side(base_model: str, settings: ModelSettings) -> SideBySide:
+    """A new engine, not loaded yet. Its module imports torch, transformers and peft: they load with the first
+    chat, not with the app, whose page comes up that much sooner (a Space's cold start)."""
+    from .engine import SideBySide
+
+    return SideBySide(base_model, settings)
+
+
 # --- one comparison, for the CLI -----------------------------------------------------------------------------
 
 def compare(adapter_dir: str | Path, prompt: str, base_model: str | None = None, max_new_tokens: int = limits.DEFAULT_MAX_NEW_TOKENS,
@@ -173,7 +183,7 @@ def compare(adapter_dir: str | Path, prompt: str, base_model: str | None = None,
         trained_on, settings = adapter_settings(adapter_dir, check_base=not base_model)
     except BaseModelNotAllowed as error:
         raise BaseModelNotAllowed(f"{error}; or pass --model to name the base yourself") from None
-    engine = SideBySide(base_model or trained_on, settings)
+    engine = side_by_side(base_model or trained_on, settings)
     engine.add_adapter("adapted", adapter_dir)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     base, adapted = engine.generate([BASE, "adapted"], [messages, messages], max_new_tokens)
@@ -246,7 +256,7 @@ class ChatService:
         with self._lock:
             if self._key != key:
                 self.release()
-                self._engine, self._key = SideBySide(base, settings), key
+                self._engine, self._key = side_by_side(base, settings), key
             engine = self._engine
             if not engine.loaded:
                 reserved = check_memory(base, settings)
@@ -332,7 +342,9 @@ class ChatService:
             self._busy += 1
         try:
             yield from engine.stream(routed, conversations, limit_prompt=True, **sampling)
-        except torch.OutOfMemoryError:
+        except Exception as error:
+            if not failures.is_out_of_memory(error):
+                raise
             self.release()
             others = gpu_memory.others_text(exclude_pid=os.getpid())
             raise ChatMemoryError("Out of memory while generating: the chat model was released to free it"

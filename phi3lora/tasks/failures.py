@@ -50,12 +50,17 @@ def disk_full_cause(error: BaseException) -> str | None:
     return None
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch's CUDA or CPU allocator refusing, or Python's MemoryError; told by name and text, without torch."""
+    return isinstance(error, MemoryError) or bool(OUT_OF_MEMORY.search(f"{type(error).__name__}: {error}"))
+
+
 def from_error(error: BaseException, retry: str) -> str:
     """The reason a body's exception gives. `retry` says what to do once the cause is fixed ("resume the run")."""
     if isinstance(error, UserError):
         return str(error)
     first_line = (str(error).splitlines() or [""])[0]
-    if isinstance(error, MemoryError) or OUT_OF_MEMORY.search(f"{type(error).__name__}: {error}"):
+    if is_out_of_memory(error):
         return out_of_memory(first_line or type(error).__name__, retry)
     if cause := disk_full_cause(error):
         return disk_full(cause, "a file could not be written", retry)

@@ -16,7 +16,7 @@ from .. import data
 from ..policy.allowed_models import is_allowed
 from ..config import DEFAULT_MAX_LENGTH, DataSettings
 from ..errors import UserError, shorten
-from ..modeling import ModelLoadError, choose_base_model
+from ..base_model import ModelLoadError, choose_base_model
 from . import sample_pick
 from .common import (
     describe_size,

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from ..inference.service import ChatService
-from ..modeling import load_tokenizer
+from ..tokenizer_loading import load_tokenizer
 
 MAX_CACHED_TOKENIZERS = 4  # each holds its whole vocabulary: keep the few in use, drop the least recently used
 

@@ -15,7 +15,7 @@ from ..runs import lifecycle
 from ..config import PHI3_EMBEDDING_MODULE, PHI3_LINEAR_MODULES, ConfigError, JobConfig, field_help, section_fields
 from ..job_builder import (assignments_for, build_job, default_base_model, model_defaults, resolve_job, text_layer,
                            values_layer)
-from ..modeling import DEFAULT_GPU_MODEL
+from ..base_model import DEFAULT_GPU_MODEL
 from ..data.samples import shipped_samples
 from . import memory_view, sample_pick, train_dpo, train_progress
 from .common import bundled_datasets, is_bundled, shows_errors, take_upload, uploads_root

@@ -8,7 +8,7 @@ import pytest
 from conftest import IDENTITY_MARKERS, copy_home
 from phi3lora.inference import votes
 from phi3lora.inference.service import (BASE_COLUMN, ChatMemoryError, ChatService, import_adapter_zip, run_adapters)
-from phi3lora.inference.adapters import AdapterError
+from phi3lora.inference.adapter_info import AdapterError
 from phi3lora.runs.registry import RunNotFound
 
 WHO = [{"role": "user", "content": "Who are you?"}]

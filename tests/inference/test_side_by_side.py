@@ -10,7 +10,8 @@ from conftest import REPO
 import torch
 from safetensors.torch import load_file, save_file
 
-from phi3lora.inference.adapters import AdapterError, generate_columns
+from phi3lora.inference.adapter_info import AdapterError
+from phi3lora.inference.adapters import generate_columns
 from phi3lora.config import JobConfig
 from phi3lora.modeling import load_tokenizer, stop_token_ids
 from phi3lora.inference.engine import _DONE, BASE, ColumnStreamer, SideBySide
