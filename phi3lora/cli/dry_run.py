@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 
+from .. import data
 from ..config import JobConfig
 from ..errors import UserError
+from ..job_builder import resolve_job
+from ..training import memory_estimate
 
 
 def dry_run(config: JobConfig, as_json: bool = False) -> int:
-    from .. import data
-    from ..job_builder import resolve_job
-    from ..training import memory_estimate
-
     config, note = resolve_job(config)
     examples, what = data.usable_examples(config)  # conversations, or a DPO job's preference pairs
     found = memory_estimate.report(config)

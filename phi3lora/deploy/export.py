@@ -96,7 +96,7 @@ def export_info(run_id: str, number: str | int) -> dict[str, Any]:
     onnx = request.get("format") == "onnx"
     return {
         "export": folder.name, "status": state.status, "reason": state.reason,
-        "path": str(folder / ("onnx" if onnx else "model")) if state.status == COMPLETED else None,
+        "path": str(folder / (onnx_export.ONNX_FOLDER if onnx else "model")) if state.status == COMPLETED else None,
         "requested_at": request.get("queued_at"),
         "finished_at": final.get("finished_at"), "log": str(folder / "export.log"),
         "format": request.get("format", "merged"), "precision": request.get("precision"),

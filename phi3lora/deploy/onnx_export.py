@@ -66,7 +66,7 @@ def check_request(precision: str, device: str) -> None:
 def export_onnx(adapter_dir: str | Path, out_dir: str | Path, precision: str = "int4", device: str = "cpu",
                 log: Callable[[str], Any] = print) -> Path:
     """Merge the adapter into its base (deploy/export.py, into a temporary folder), convert that with the builder
-    into `out_dir`, and write the README. Returns `out_dir`."""
+    into `out_dir`, and write the README. Returns `out_dir`; a half-written one is removed on failure."""
     check_request(precision, device)
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -76,8 +76,12 @@ def export_onnx(adapter_dir: str | Path, out_dir: str | Path, precision: str = "
         # fp16 for a fp16 graph halves the temporary copy; otherwise the builder quantizes from full precision
         merge_and_save(adapter_dir, merged, log=log, dtype="float16" if precision == "fp16" else "float32")
         log(f"converting with onnxruntime-genai's model builder: {precision} for {device}")
-        run_builder(merged, out_dir, precision, device, Path(work) / "cache", log)
-    (out_dir / "README.md").write_text(readme(adapter_dir, out_dir, precision, device), encoding="utf-8")
+        try:
+            run_builder(merged, out_dir, precision, device, Path(work) / "cache", log)
+            (out_dir / "README.md").write_text(readme(adapter_dir, out_dir, precision, device), encoding="utf-8")
+        except BaseException:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            raise
     log(f"done: {out_dir} loads with onnxruntime_genai.Model (README.md there has a chat loop)")
     return out_dir
 
@@ -92,13 +96,9 @@ def run_builder(model_dir: Path, out_dir: Path, precision: str, device: str, cac
 
     started = time.monotonic()
     arguments = (None, str(model_dir), str(out_dir), precision, device, str(cache_dir))
-    try:
-        with contextlib.redirect_stdout(_Lines(log)):
-            options = builder.parse_extra_options(*arguments, None)
-            builder.create_model(*arguments, **options)
-    except BaseException:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        raise
+    with contextlib.redirect_stdout(_Lines(log)):
+        options = builder.parse_extra_options(*arguments, None)
+        builder.create_model(*arguments, **options)
     if not (out_dir / "genai_config.json").is_file():
         raise RuntimeError(f"onnxruntime-genai's model builder wrote no genai_config.json into {out_dir}")
     log(f"the builder took {time.monotonic() - started:.1f} s")
@@ -156,15 +156,10 @@ The base model's license applies to this model.
 
 def run_task(folder: Path, request: dict[str, Any]) -> None:
     """The body of an ONNX export task (a kind "export" task whose request says format "onnx"): export, then check
-    the export against torch (onnx_verify.py) into verify.json. A half-written export is removed on failure."""
-
+    the export against torch (onnx_verify.py) into verify.json."""
     out_dir = folder / ONNX_FOLDER
     adapter_dir = registry.run_dir(request["run"])
-    try:
-        export_onnx(adapter_dir, out_dir, request.get("precision") or "int4", request.get("device") or "cpu")
-    except BaseException:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        raise
+    export_onnx(adapter_dir, out_dir, request.get("precision") or "int4", request.get("device") or "cpu")
     if request.get("verify", True):
         result = onnx_verify.verify(out_dir, adapter_dir)
         write_record(folder / "verify.json", result)

@@ -15,6 +15,7 @@ from .. import data
 from ..policy import limits
 from . import registry
 from .lineage import find_parent, lineage_record, snapshot as snapshot_parent
+from ..base_model import choose_base_model
 from ..policy.allowed_models import remote_code_allowed
 from ..config import JobConfig
 from ..errors import UserError
@@ -22,7 +23,7 @@ from ..tasks import gpu_memory, launch, machine, queue
 from ..tasks.machine import ACTIVE, FINISHED, RUNNING
 from ..training import memory_estimate  # torch-free arithmetic
 from ..tasks.records import log_tail as read_log_tail, read_record, write_record
-from ..job_builder import load_job
+from ..job_builder import load_job, resolve_job, write_job_file
 
 POLL_SECONDS = 0.5
 START_WAIT_SECONDS = 15.0  # how long starting a run waits for a busy chat model to finish its answer and let go
@@ -126,8 +127,6 @@ def start_run(config: JobConfig, owner: str | None = None, processes: int | None
         raise UserError("no dataset: set data.path (--data)")
     examples, _ = data.usable_examples(config)  # refuse bad data now, not in a failed run
     _check_launch(config, processes, accelerate_config)  # a missing package, too many processes: before any work
-    from ..job_builder import resolve_job, write_job_file  # here, not at the top: it imports torch (model defaults)
-
     config, _ = resolve_job(config)  # the YAML holds every setting the run will use, model defaults included
     _check_limits(config, owner)  # the record limit: read_dataset stops reading past it
     memory_estimate.check_fits(config)  # a run that would not fit in its device's free memory: refused now
@@ -257,8 +256,6 @@ def _queue_attempt(path: Path, resume: bool, processes: int | None = None, accel
 
 
 def _gpu_need(config: JobConfig, what: str) -> dict:
-    from ..base_model import choose_base_model  # torch-free where no GPU could be used
-
     base = choose_base_model(config.model.base_model).name_or_path
     return gpu_memory.gpu_request("train", what, base, config.model.dtype, config.model.load_in_4bit)
 
