@@ -25,6 +25,7 @@ import yaml
 from .. import data
 from ..base_model import DEMO_MODEL_DIR, model_file
 from ..inference import votes
+from ..inference.adapter_info import AdapterError, peft_base
 from ..tasks.records import read_record
 
 HUB_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
@@ -115,9 +116,10 @@ def _read_json(path: Path) -> dict:
 
 
 def _peft_base(folder: Path) -> str | None:
-    values = _read_json(folder / "adapter_config.json")
-    base = values.get("base_model_name_or_path")
-    return base if isinstance(base, str) and base else None
+    try:
+        return peft_base(folder / "adapter_config.json")
+    except AdapterError:  # unreadable: the card says "unknown"
+        return None
 
 
 def _same_folder(path: str, folder: Path) -> bool:

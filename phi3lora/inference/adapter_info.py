@@ -32,7 +32,7 @@ def adapter_settings(adapter_dir: str | Path, check_base: bool = True) -> tuple[
         settings = load_job(run_config).model
         base = settings.base_model
     else:
-        base, settings = _peft_base(adapter_dir / "adapter_config.json"), ModelSettings()
+        base, settings = peft_base(adapter_dir / "adapter_config.json"), ModelSettings()
     if check_base and base:
         require_allowed(base, f"the adapter {adapter_dir.name}")
     if settings.trust_remote_code and not remote_code_allowed():
@@ -40,7 +40,9 @@ def adapter_settings(adapter_dir: str | Path, check_base: bool = True) -> tuple[
     return base, settings
 
 
-def _peft_base(adapter_config: Path) -> str | None:
+def peft_base(adapter_config: Path) -> str | None:
+    """The base model an adapter_config.json names (peft's base_model_name_or_path), or None; AdapterError when the
+    file cannot be read as JSON."""
     try:
         values = json.loads(adapter_config.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
